@@ -1,0 +1,176 @@
+"""The four kinds of backend a session is built from, as typed protocols.
+
+A backend object is made once per process by the factory a plugin registered (see ``hookspecs``) and
+shared by every session. Anything per-session or per-utterance (a VAD state, a recognition stream)
+comes from an ``open_stream()`` call on it.
+
+Backends do CPU-heavy work through ``BackendContext.workers`` so that all sessions share the cores
+fairly and the event loop never stalls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import trio
+
+from .messages import AgentText, PcmChunk, Samples, VadEvent
+
+if TYPE_CHECKING:
+    from .workers import CpuWorkers
+
+
+class BackendError(Exception):
+    """A backend failed; the turn ends with a short apology and the session goes on.
+
+    ``kind`` is a short machine-readable label for logs and metrics (``"timeout"``, ``"auth"``,
+    ``"rate_limit"``, ``"coze_4016"``, …).
+    """
+
+    def __init__(self, message: str, *, kind: str = "backend") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ConfigError(Exception):
+    """The configuration (or a backend's options) is wrong; the message says exactly how."""
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend factory gets besides its own options."""
+
+    data_dir: Path
+    workers: CpuWorkers
+    #: Where downloaded and prepared models live (``data_dir / "models"`` unless configured).
+    models_dir: Path = field(default=Path())
+
+    def __post_init__(self) -> None:
+        if self.models_dir == Path():
+            object.__setattr__(self, "models_dir", self.data_dir / "models")
+
+
+# --------------------------------------------------------------------------------------------
+# VAD
+# --------------------------------------------------------------------------------------------
+
+
+class VadStream(Protocol):
+    """Per-session voice activity state. Synchronous and cheap: called from a worker thread."""
+
+    def feed(self, samples: Samples) -> list[VadEvent]:
+        """Take 16 kHz float32 samples; return speech started / ended events, in order."""
+        ...
+
+    def reset(self) -> None:
+        """Forget any speech in progress (used when the device stops listening)."""
+        ...
+
+
+class VoiceActivityDetector(Protocol):
+    sample_rate: int
+
+    def open_stream(self) -> VadStream:
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# ASR
+# --------------------------------------------------------------------------------------------
+
+
+class RecognitionStream(Protocol):
+    """One utterance's recognition.
+
+    Offline recognizers ignore ``accept`` and decode the whole utterance in ``finish``; streaming
+    recognizers decode as audio arrives and return partial text from ``accept``.
+    """
+
+    async def accept(self, audio: PcmChunk) -> str | None:
+        """Feed more of the utterance; return new partial text, or None if nothing changed."""
+        ...
+
+    async def finish(self, utterance: PcmChunk) -> str:
+        """The utterance is over (``utterance`` is all of it); return the final text."""
+        ...
+
+
+class SpeechRecognizer(Protocol):
+    sample_rate: int
+
+    def open_stream(self) -> RecognitionStream:
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Agent
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool an agent may call: a device MCP tool or a server-side tool from a plugin."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    text: str
+    is_error: bool = False
+
+
+@runtime_checkable
+class ToolBox(Protocol):
+    """The tools available in one session."""
+
+    async def list_tools(self) -> list[ToolSpec]:
+        ...
+
+    async def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
+        ...
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    """One user turn for the agent."""
+
+    #: Stable per device (the ``Device-Id`` header): keys the agent's memory.
+    device_id: str
+    session_id: str
+    text: str
+    tools: ToolBox | None = None
+
+
+class Agent(Protocol):
+    async def respond(self, request: AgentRequest, send: trio.MemorySendChannel[AgentText]) -> None:
+        """Stream the answer to ``request`` as ``AgentText`` deltas into ``send``.
+
+        Must not close ``send``. Raise ``BackendError`` on failure. Cancellation (barge-in) can
+        arrive at any await; the agent must leave its service ready for the next turn.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# TTS
+# --------------------------------------------------------------------------------------------
+
+
+class SpeechSynthesizer(Protocol):
+    sample_rate: int
+
+    async def synthesize(self, text: str, send: trio.MemorySendChannel[PcmChunk]) -> None:
+        """Speak ``text`` into ``send`` as chunks at ``sample_rate``, as soon as each is ready.
+
+        Must not close ``send``. The pipeline resamples to the downlink rate.
+        """
+        ...
+
+
+KINDS = ("vad", "asr", "agent", "tts")
