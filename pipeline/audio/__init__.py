@@ -1,0 +1,1 @@
+"""Audio codecs, resampling and the device binary framing (all sans-IO)."""

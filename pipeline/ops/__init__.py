@@ -1,0 +1,1 @@
+"""Operations: the HTTP side (OTA, activation, health, metrics), auth tokens."""

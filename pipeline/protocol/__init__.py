@@ -1,0 +1,1 @@
+"""The device protocol: handshake, JSON messages, MCP client."""

@@ -1,0 +1,1 @@
+"""One device session: the nursery that wires the stages, turns and barge-in."""

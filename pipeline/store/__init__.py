@@ -1,0 +1,1 @@
+"""Embedded storage (SQLite): conversations and devices."""

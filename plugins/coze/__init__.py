@@ -1,0 +1,1 @@
+"""The Coze (扣子) agent over the streaming chat API v3."""
