@@ -20,6 +20,7 @@ import trio
 from .messages import AgentText, PcmChunk, Samples, VadEvent
 
 if TYPE_CHECKING:
+    from .store.conversations import ConversationStore
     from .workers import CpuWorkers
 
 
@@ -47,6 +48,8 @@ class BackendContext:
     workers: CpuWorkers
     #: Where downloaded and prepared models live (``data_dir / "models"`` unless configured).
     models_dir: Path = field(default=Path())
+    #: Per-device agent memory (conversation ids, chat history), kept across reconnects.
+    conversations: ConversationStore | None = None
 
     def __post_init__(self) -> None:
         if self.models_dir == Path():
