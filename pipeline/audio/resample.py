@@ -20,10 +20,10 @@ QUALITY = "HQ"
 
 def _as_samples(samples: Samples) -> Samples:
     """Check the shape and give a contiguous float32 view (a copy only when the dtype differs)."""
-    array = np.ascontiguousarray(samples, dtype=np.float32)
+    array = np.asarray(samples, dtype=np.float32)
     if array.ndim != 1:
         raise ValueError(f"expected mono samples (1-D), got an array of shape {array.shape}")
-    return array
+    return np.ascontiguousarray(array)
 
 
 def _check_rate(name: str, rate: int) -> None:
