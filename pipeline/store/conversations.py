@@ -1,0 +1,213 @@
+"""Per-device agent memory: what an agent must remember about a device between turns and restarts.
+
+Two kinds of memory, both keyed by (agent key, device id):
+
+* a small state dict: for Coze the conversation id, bot id and user id, so that a device that
+  reconnects (or a server that restarts) continues the same Coze conversation;
+* a chat history for agents that send the whole conversation with each request (the
+  OpenAI-compatible ones): a bounded list of message dicts, oldest first.
+
+``ConversationStore`` is the interface. ``SqliteConversationStore`` keeps everything in the data
+folder's SQLite file and suits one server. A deployment that runs several servers behind a load
+balancer (a device may reach any of them) needs the memory in a shared database instead: implement
+``ConversationStore`` over it and name its factory in the config::
+
+    [store]
+    backend = "mypackage.store:open_store"   # open_store(options, data_dir) -> ConversationStore
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..backends import ConfigError
+from .sqlite import DATABASE_FILE, Database, open_database
+
+log = logging.getLogger(__name__)
+
+#: Messages kept per (agent, device) unless ``[store] max_history_messages`` says otherwise.
+DEFAULT_MAX_HISTORY = 200
+
+
+@runtime_checkable
+class ConversationStore(Protocol):
+    """Per-(agent, device) state and chat history. Every method is safe to call concurrently."""
+
+    async def get_state(self, agent: str, device_id: str) -> dict[str, Any] | None:
+        """The state last stored for ``device_id`` by ``agent``, or None."""
+        ...
+
+    async def put_state(self, agent: str, device_id: str, state: Mapping[str, Any]) -> None:
+        """Replace the stored state (a JSON-serialisable mapping)."""
+        ...
+
+    async def load_history(self, agent: str, device_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` history messages, oldest first."""
+        ...
+
+    async def append_history(self, agent: str, device_id: str, messages: list[Mapping[str, Any]]) -> None:
+        """Append messages (JSON-serialisable mappings) atomically; the oldest beyond the bound go."""
+        ...
+
+    async def clear(self, agent: str, device_id: str) -> None:
+        """Forget both the state and the history of ``device_id`` for ``agent``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources."""
+        ...
+
+
+_MIGRATIONS = [
+    "CREATE TABLE agent_state ("
+    " agent TEXT NOT NULL, device_id TEXT NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL,"
+    " PRIMARY KEY (agent, device_id))",
+    "CREATE TABLE agent_history ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, agent TEXT NOT NULL, device_id TEXT NOT NULL,"
+    " message TEXT NOT NULL, created_at REAL NOT NULL)",
+    "CREATE INDEX agent_history_by_device ON agent_history (agent, device_id, id)",
+]
+
+
+def _to_json(value: Mapping[str, Any], what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable: {e}") from None
+
+
+class SqliteConversationStore:
+    """``ConversationStore`` in an SQLite file (one server, or several processes on one host)."""
+
+    def __init__(self, database: Database, *, max_history: int = DEFAULT_MAX_HISTORY) -> None:
+        if max_history < 1:
+            raise ValueError("max_history must be at least 1")
+        self.database = database
+        self.max_history = max_history
+        database.migrate("conversations", _MIGRATIONS)
+
+    @classmethod
+    def open(cls, path: Path, *, max_history: int = DEFAULT_MAX_HISTORY) -> SqliteConversationStore:
+        """Open (creating if needed) the store in the SQLite file at ``path``."""
+        return cls(open_database(path), max_history=max_history)
+
+    async def get_state(self, agent: str, device_id: str) -> dict[str, Any] | None:
+        rows = await self.database.fetch(
+            "SELECT state FROM agent_state WHERE agent = ? AND device_id = ?", (agent, device_id)
+        )
+        if not rows:
+            return None
+        try:
+            state = json.loads(rows[0][0])
+        except json.JSONDecodeError:
+            log.error("stored %s state for device %s is not valid JSON; ignoring it", agent, device_id)
+            return None
+        return state if isinstance(state, dict) else None
+
+    async def put_state(self, agent: str, device_id: str, state: Mapping[str, Any]) -> None:
+        text = _to_json(state, f"{agent} state")
+        await self.database.execute(
+            "INSERT INTO agent_state (agent, device_id, state, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (agent, device_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            (agent, device_id, text, time.time()),
+        )
+
+    async def load_history(self, agent: str, device_id: str, limit: int) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        rows = await self.database.fetch(
+            "SELECT message FROM agent_history WHERE agent = ? AND device_id = ? ORDER BY id DESC LIMIT ?",
+            (agent, device_id, limit),
+        )
+        messages = []
+        for (text,) in reversed(rows):
+            try:
+                message = json.loads(text)
+            except json.JSONDecodeError:
+                log.error("a stored %s history message for device %s is not valid JSON; skipping it", agent, device_id)
+                continue
+            if isinstance(message, dict):
+                messages.append(message)
+        return messages
+
+    async def append_history(self, agent: str, device_id: str, messages: list[Mapping[str, Any]]) -> None:
+        if not messages:
+            return
+        texts = [_to_json(m, f"{agent} history message") for m in messages]
+        now = time.time()
+        keep = self.max_history
+
+        def write(connection: sqlite3.Connection) -> None:
+            connection.executemany(
+                "INSERT INTO agent_history (agent, device_id, message, created_at) VALUES (?, ?, ?, ?)",
+                [(agent, device_id, text, now) for text in texts],
+            )
+            # Keep the newest ``keep`` rows of this device: drop everything older than the keep-th newest.
+            connection.execute(
+                "DELETE FROM agent_history WHERE agent = ? AND device_id = ? AND id < ("
+                " SELECT id FROM agent_history WHERE agent = ? AND device_id = ?"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (agent, device_id, agent, device_id, keep - 1),
+            )
+
+        await self.database.transaction(write)
+
+    async def clear(self, agent: str, device_id: str) -> None:
+        def delete(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM agent_state WHERE agent = ? AND device_id = ?", (agent, device_id))
+            connection.execute("DELETE FROM agent_history WHERE agent = ? AND device_id = ?", (agent, device_id))
+
+        await self.database.transaction(delete)
+
+    async def aclose(self) -> None:
+        self.database.close()
+
+
+_SQLITE_KEYS = {"backend", "path", "max_history_messages"}
+
+
+def open_conversation_store(config_extra_store: Mapping[str, Any], data_dir: Path) -> ConversationStore:
+    """Build the store the ``[store]`` config table asks for (empty table: SQLite in ``data_dir``).
+
+    Keys: ``backend`` (``"sqlite"``, the default, or ``"module:factory"`` naming a callable
+    ``factory(options, data_dir) -> ConversationStore`` for a shared database), and for SQLite
+    ``path`` (default ``data_dir / "xiaozhi-trio.db"``) and ``max_history_messages``.
+    """
+    options = dict(config_extra_store)
+    backend = options.get("backend", "sqlite")
+    if not isinstance(backend, str) or not backend:
+        raise ConfigError('[store] backend must be "sqlite" or "module:factory"')
+    if backend != "sqlite":
+        return _external_store(backend, options, data_dir)
+    unknown = sorted(set(options) - _SQLITE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [store]: {', '.join(unknown)}; valid keys: {', '.join(sorted(_SQLITE_KEYS))}")
+    path_value = options.get("path", "")
+    if not isinstance(path_value, str):
+        raise ConfigError("[store] path must be a string (a file path)")
+    path = Path(path_value).expanduser() if path_value else data_dir / DATABASE_FILE
+    max_history = options.get("max_history_messages", DEFAULT_MAX_HISTORY)
+    if not isinstance(max_history, int) or isinstance(max_history, bool) or max_history < 1:
+        raise ConfigError(f"[store] max_history_messages must be a positive integer, not {max_history!r}")
+    return SqliteConversationStore.open(path, max_history=max_history)
+
+
+def _external_store(backend: str, options: Mapping[str, Any], data_dir: Path) -> ConversationStore:
+    module_name, colon, attribute = backend.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ConfigError(f'[store] backend {backend!r} must be "sqlite" or "module:factory"')
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"[store] backend {backend!r} cannot be loaded: {e}") from None
+    store = factory(options, data_dir)
+    if not isinstance(store, ConversationStore):
+        raise ConfigError(f"[store] backend {backend!r} returned {type(store).__name__}, not a ConversationStore")
+    return store
