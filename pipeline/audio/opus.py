@@ -55,10 +55,8 @@ class OpusDecoder:
             frames = self._codec.decode(av.Packet(bytes(packet)))
         except av.error.InvalidDataError as exc:
             raise BadAudio(f"undecodable Opus packet ({len(packet)} bytes, first byte 0x{packet[0]:02x})") from exc
-        pcm = [frame.to_ndarray()[0] for frame in frames]
-        if not pcm:
-            return self._resampler.process(np.zeros(0, dtype=np.float32))
-        return self._resampler.process(np.concatenate(pcm))
+        pcm = [frame.to_ndarray()[0] for frame in frames]  # planar float32, one channel
+        return self._resampler.process(np.concatenate(pcm) if pcm else np.zeros(0, dtype=np.float32))
 
 
 class OpusEncoder:
