@@ -37,10 +37,12 @@ class Download:
     size: int | None
     #: Hex SHA-256 of the file, when known.
     sha256: str | None = None
+    #: Where ``path`` is published.
+    base: str = RELEASES
 
     @property
     def url(self) -> str:
-        return RELEASES + self.path
+        return self.base + self.path
 
     @property
     def filename(self) -> str:
