@@ -1,0 +1,225 @@
+"""Cutting an agent's streamed reply into sentences for TTS, as early as sounds natural.
+
+TTS can start on a sentence only once it is complete, so where we cut decides how soon the device
+speaks. The rules (see ``docs/sentences.md`` for the reasoning):
+
+* The first segment of a reply may end at a clause mark (``，、：`` always, ``,;:`` when a space
+  follows) once it is long enough to sound like a phrase (``first_clause_min_chars``).
+* Every segment ends at a sentence end: ``。！？；`` always; ``! ? . …`` when followed by a space,
+  a newline, CJK text or the end of the reply. A period does not end a sentence after a known
+  abbreviation (``Mr.``, ``e.g.``), an initial (``J.``), a bare list number (``1.``), or before a
+  lowercase word (``etc. and``); an ellipsis does not before a lowercase word either. Decimals,
+  times, URLs and e-mail addresses never have a space after their dots and colons.
+* A newline always ends a segment (list items, headings).
+* A segment that reaches ``max_chars`` without any of these is cut at its last clause mark, else at
+  its last space, else right there, so TTS never waits for an end that does not come.
+* A segment with nothing to say (only punctuation) is not cut off on its own: it stays at the
+  front of the next one. At the end of the reply such a leftover is dropped.
+
+Each cut is decided only once the text it depends on is known (the character after the punctuation,
+sometimes the next word), so the result does not depend on how the reply was cut into deltas.
+Markdown, URLs and emoji are removed before splitting (:mod:`.cleanup`); an emoji opening the
+reply becomes an :class:`Emotion` (:mod:`.emotions`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..messages import Emotion, Sentence
+from .cleanup import MarkdownCleaner, collapse_whitespace
+from .emotions import LeadingEmotion
+
+_STRONG_ENDS = "。！？；｡"  # CJK sentence ends: a boundary whatever follows
+_ENDS = _STRONG_ENDS + "!?.…"
+_CLAUSES = "，、：,;:"
+_CLOSERS = "\"'”’」』）)]】》〉"
+
+_CANDIDATES = re.compile(f"[\n{re.escape(_ENDS)}]")
+_FIRST_CANDIDATES = re.compile(f"[\n{re.escape(_ENDS + _CLAUSES)}]")
+_END_RUN = re.compile(f"[{re.escape(_ENDS)}]+[{re.escape(_CLOSERS)}]*")
+_CLAUSE_RUN = re.compile(f"[{re.escape(_CLAUSES)}][{re.escape(_CLOSERS)}]*")
+
+_SPEAKABLE = re.compile(r"[^\W_]")  # a letter, digit or CJK character
+_NON_SPACE = re.compile(r"\S")
+_LAST_SPACE = re.compile(r".*\S(\s)", re.DOTALL)
+_LIST_NUMBER = re.compile(r"\s*\d+\Z")
+_WORD_BEFORE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z.]*\Z")
+_CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z0-9\u00c0-\u024f]+(?:['’][A-Za-z]+)*")
+
+#: Words after which a period never ends a sentence: titles and "for example" abbreviations,
+#: all followed by what they introduce. Others (``etc.``, ``U.S.``) end one unless a lowercase
+#: word follows.
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st mt rev gen gov sen rep capt lt col sgt "
+    "vs cf viz approx e.g i.e fig figs eq vol".split()
+)
+
+
+class SentenceSplitter:
+    """Cuts one reply at a time into :class:`Sentence` items, sans-IO.
+
+    ``feed`` each text delta as it arrives and ``flush`` at the end of the reply; both return the
+    items that became certain. An emoji opening the reply comes first as an :class:`Emotion`.
+    After ``flush`` the splitter is ready for the next reply.
+    """
+
+    def __init__(self, *, first_clause_min_chars: int = 4, max_chars: int = 100) -> None:
+        """
+        :param first_clause_min_chars: how long the first segment must be before it may end at a
+            clause mark, in CJK characters; a Latin word or number counts as 1.5 (about the same
+            speaking time). 4 lets "好的呀朋友，" or "Sure thing my friend," go ahead alone, but
+            not "你好，" or "Well,".
+        :param max_chars: the longest a segment may grow without a sentence end before it is cut.
+        """
+        if first_clause_min_chars < 0:
+            raise ValueError(f"first_clause_min_chars must be >= 0, not {first_clause_min_chars}")
+        if max_chars < 10:
+            raise ValueError(f"max_chars must be at least 10, not {max_chars}")
+        self._min_units2 = 2 * first_clause_min_chars  # in half-characters, to count words as 1.5
+        self._max = max_chars
+        self._cleaner = MarkdownCleaner()
+        self._emotion = LeadingEmotion()
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop everything buffered: the next delta starts a new reply."""
+        self._cleaner.reset()
+        self._emotion.reset()
+        self._buf = ""  # clean text not yet emitted
+        self._pos = 0  # where the next search for a boundary starts in _buf
+        self._waiting = False  # a boundary at _pos needs more text to be decided
+        self._first = True  # no sentence emitted yet in this reply
+        self._candidates = _FIRST_CANDIDATES
+
+    def feed(self, delta: str) -> list[Sentence | Emotion]:
+        """Take the next piece of the reply; return the items it completes (often none)."""
+        items: list[Sentence | Emotion] = []
+        if not self._emotion.done:
+            emotion = self._emotion.feed(delta)
+            if emotion is not None:
+                items.append(emotion)
+        clean = self._cleaner.feed(delta)
+        if clean:
+            self._buf += clean
+            # Only new boundary characters, a pending decision or the length limit need a scan.
+            if self._waiting or len(self._buf) > self._max or self._candidates.search(clean):
+                self._scan(items, final=False)
+        return items
+
+    def flush(self) -> list[Sentence | Emotion]:
+        """The reply is complete: return the remaining items (the tail always goes out)."""
+        items: list[Sentence | Emotion] = []
+        emotion = self._emotion.feed("", final=True)
+        if emotion is not None:
+            items.append(emotion)
+        self._buf += self._cleaner.flush()
+        self._scan(items, final=True)
+        self._emit(items, self._buf)
+        self.reset()
+        return items
+
+    # ----------------------------------------------------------------------------------------
+
+    def _scan(self, items: list[Sentence | Emotion], final: bool) -> None:
+        """Emit every segment of ``_buf`` whose end can be decided."""
+        buf, pos, limit = self._buf, self._pos, self._max
+        waiting = False
+        while True:
+            match = self._candidates.search(buf, pos)
+            at = match.start() if match else len(buf)
+            if at >= limit and len(buf) > limit:  # no sentence end within the limit
+                cut = _fallback_cut(buf, limit)
+                self._emit(items, buf[:cut])
+                buf, pos = buf[cut:], 0
+                continue
+            if match is None:
+                pos = len(buf)
+                break
+            decision = self._decide(buf, at, final)
+            if decision is None:
+                pos, waiting = at, True
+                break
+            is_boundary, end = decision
+            if is_boundary and _SPEAKABLE.search(buf, 0, end):
+                self._emit(items, buf[:end])
+                buf, pos = buf[end:], 0
+            else:  # not a boundary, or nothing to say yet: the text joins the next segment
+                pos = end
+        self._buf, self._pos, self._waiting = buf, pos, waiting
+
+    def _decide(self, buf: str, at: int, final: bool) -> tuple[bool, int] | None:
+        """Is the punctuation at ``at`` a boundary? Returns (yes/no, end of its run), or None if
+        the text after it has not arrived yet."""
+        char = buf[at]
+        if char == "\n":
+            return True, at + 1
+        clause = char in _CLAUSES
+        run = (_CLAUSE_RUN if clause else _END_RUN).match(buf, at)
+        assert run is not None  # the candidate itself matches
+        end = run.end()
+        if end == len(buf) and not final:
+            return None
+        after = buf[end] if end < len(buf) else ""
+        if clause:  # only searched for in the first segment
+            if char in ",;:" and after and not after.isspace():
+                return False, end  # 1,000 and 10:30
+            return self._long_enough(buf[:end]), end
+        punct = buf[at:end]
+        if any(p in _STRONG_ENDS for p in punct):
+            return True, end
+        if after and not after.isspace() and after.isascii():
+            return False, end  # glued to what follows: 3.14, example.com, ?q=1, wait...what
+        if "!" in punct or "?" in punct:
+            return True, end
+        if "…" not in punct and punct.count(".") == 1 and self._period_continues(buf, at):
+            return False, end
+        # A lowercase word after it means the sentence goes on ("etc. and", "so... maybe").
+        if after.isspace():
+            word = _NON_SPACE.search(buf, end)
+            if word is None:
+                return (True, end) if final else None
+            after = buf[word.start()]
+        return not ("a" <= after <= "z"), end
+
+    @staticmethod
+    def _period_continues(buf: str, at: int) -> bool:
+        """Whether the period at ``at`` belongs to what precedes it rather than ending a sentence."""
+        if _LIST_NUMBER.match(buf, 0, at):
+            return True  # "1." opening a segment numbers a list item
+        word = _WORD_BEFORE.search(buf, max(0, at - 16), at)
+        if word is None:
+            return False
+        text = word.group()
+        return text.lower() in ABBREVIATIONS or (len(text) == 1 and text.isupper() and text != "I")
+
+    def _long_enough(self, text: str) -> bool:
+        """Is ``text`` long enough to be spoken as the first phrase of a reply?"""
+        units2 = 2 * len(_CJK_CHAR.findall(text)) + 3 * len(_LATIN_WORD.findall(text))
+        return units2 >= self._min_units2
+
+    def _emit(self, items: list[Sentence | Emotion], raw: str) -> None:
+        text = collapse_whitespace(raw)
+        if _SPEAKABLE.search(text):
+            items.append(Sentence(text))
+            self._first = False
+            self._candidates = _CANDIDATES
+
+
+def _fallback_cut(buf: str, limit: int) -> int:
+    """Where to cut ``buf``, which has no sentence end within ``limit`` characters: after the last
+    clause mark, else at the last space, else at the limit. ``len(buf) > limit``."""
+    best = 0
+    for run in _CLAUSE_RUN.finditer(buf, 0, limit):
+        end = run.end()
+        if buf[run.start()] in ",;:" and not buf[end].isspace():
+            continue
+        if _SPEAKABLE.search(buf, 0, end):
+            best = end
+    if best:
+        return best
+    space = _LAST_SPACE.match(buf, 0, limit)
+    if space and _SPEAKABLE.search(buf, 0, space.start(1)):
+        return space.start(1)
+    return limit
