@@ -1,0 +1,127 @@
+"""The operations HTTP server (port 8003 by default): OTA, activation, firmware, health and metrics.
+
+Routes::
+
+    POST     /xiaozhi/ota/                          the device check-in (GET: a short hint)
+    POST     /xiaozhi/ota/activate                  202 until the owner binds the code, then 200
+    GET/HEAD /xiaozhi/ota/firmware/<board>/<file>   firmware images from the firmware folder
+    GET/HEAD /healthz                               {"ok", "sessions", "version"}
+    GET/HEAD /metrics                               Prometheus text format 0.0.4
+
+Runs in the same trio process as the WebSocket server: ``nursery.start(serve_http, services, host, port)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+import trio
+
+from .. import __version__
+from ..store.sqlite import DatabaseError
+from .activation import handle_activate
+from .h11server import HttpLimits, Request, Response, error_response, json_response, serve
+from .metrics import CONTENT_TYPE
+from .ota import handle_ota, handle_ota_hint
+from .services import OpsConfig, OpsServices, build_ops_services
+
+__all__ = ["OpsConfig", "OpsServices", "build_ops_services", "serve_http", "handle_request", "limits_for"]
+
+log = logging.getLogger(__name__)
+
+Endpoint = Callable[[OpsServices, Request], Awaitable[Response]]
+_READ = ("GET", "HEAD")
+
+
+async def _healthz(services: OpsServices, request: Request) -> Response:
+    try:
+        await services.registry.database.fetch("SELECT 1")
+    except DatabaseError as e:
+        log.error("health check: %s", e)
+        return json_response(503, {"ok": False, "sessions": services.sessions, "version": __version__, "error": "database unavailable"})
+    return json_response(200, {"ok": True, "sessions": services.sessions, "version": __version__})
+
+
+async def _metrics(services: OpsServices, request: Request) -> Response:
+    return Response(200, services.metrics.render().encode(), CONTENT_TYPE)
+
+
+async def _firmware(services: OpsServices, request: Request) -> Response:
+    parts = request.raw_path.split("/")
+    # ["", "xiaozhi", "ota", "firmware", board, file]: anything else is not a firmware path.
+    if len(parts) != 6:
+        return error_response(404, "no such firmware file")
+    board, file_name = unquote(parts[4]), unquote(parts[5])
+    image = services.firmware.resolve(board, file_name)
+    if image is None:
+        log.info("firmware request for %r/%r refused or not found", board, file_name)
+        return error_response(404, "no such firmware file")
+    return Response(200, content_type="application/octet-stream", file=image.path, file_size=image.size,
+                    headers=(("content-disposition", f'attachment; filename="{image.file_name}"'),))
+
+
+def _route(path: str) -> tuple[str, dict[str, Endpoint]] | None:
+    """(route name, method → endpoint) for a raw path, or None."""
+    trimmed = path.rstrip("/") or "/"
+    if trimmed == "/xiaozhi/ota":
+        return "ota", {"POST": handle_ota, "GET": handle_ota_hint, "HEAD": handle_ota_hint}
+    if trimmed == "/xiaozhi/ota/activate":
+        return "activate", {"POST": handle_activate}
+    if path.startswith("/xiaozhi/ota/firmware/"):
+        return "firmware", {m: _firmware for m in _READ}
+    if trimmed == "/healthz":
+        return "healthz", {m: _healthz for m in _READ}
+    if trimmed == "/metrics":
+        return "metrics", {m: _metrics for m in _READ}
+    return None
+
+
+async def handle_request(services: OpsServices, request: Request) -> Response:
+    """Route one request; count it in the metrics."""
+    started = time.perf_counter()
+    found = _route(request.raw_path)
+    if found is not None and found[0] == "metrics" and not services.ops.metrics.enabled:
+        found = None
+    if found is None:
+        name, response = "not_found", error_response(404, f"no such path: {request.raw_path[:200]}")
+    else:
+        name, endpoints = found
+        endpoint = endpoints.get(request.method)
+        if endpoint is None:
+            allowed = ", ".join(sorted(endpoints))
+            response = error_response(405, f"{request.method} is not allowed here; use {allowed}", (("allow", allowed),))
+        else:
+            response = await endpoint(services, request)
+    services.metrics.http_request(name, response.status, time.perf_counter() - started)
+    return response
+
+
+def limits_for(services: OpsServices) -> HttpLimits:
+    ota = services.ops.ota
+    return HttpLimits(
+        max_body_bytes=ota.max_body_bytes,
+        max_header_bytes=ota.max_header_bytes,
+        request_timeout=ota.request_timeout,
+        keepalive_timeout=ota.keepalive_timeout,
+        max_connections=ota.max_connections,
+    )
+
+
+async def serve_http(
+    services: OpsServices, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the operations routes on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
+
+    ``host`` ``""`` listens on all interfaces; ``port`` 0 picks a free port (tests).
+    """
+
+    async def handler(request: Request) -> Response:
+        return await handle_request(services, request)
+
+    def on_reject(status: int) -> None:
+        services.metrics.http_request("rejected", status, 0.0)
+
+    await serve(handler, host, port, limits_for(services), on_reject=on_reject, task_status=task_status)

@@ -1,0 +1,84 @@
+"""``OpsServices``: everything the HTTP side and the WebSocket handshake need, built from the config."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..store.devices import DeviceRegistry, DevicesConfig
+from ..store.sqlite import DATABASE_FILE, open_database
+from .auth import AuthConfig, AuthPolicy, TokenSigner, load_secret
+from .firmware import FirmwareFolder
+from .metrics import Metrics, MetricsConfig
+from .ota import OtaConfig
+from .settings import parse_table
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """The four operations tables, parsed and checked."""
+
+    ota: OtaConfig = field(default_factory=OtaConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @classmethod
+    def from_config(cls, config: Config) -> OpsConfig:
+        """Parse ``[ota]``, ``[auth]``, ``[devices]`` and ``[metrics]``; ``ConfigError`` names a wrong key."""
+        return cls(
+            ota=parse_table("ota", OtaConfig, config.extra.get("ota")),
+            auth=parse_table("auth", AuthConfig, config.extra.get("auth")),
+            devices=parse_table("devices", DevicesConfig, config.extra.get("devices")),
+            metrics=parse_table("metrics", MetricsConfig, config.extra.get("metrics")),
+        )
+
+
+@dataclass
+class OpsServices:
+    """What the HTTP server and the WebSocket handshake share. Build it with ``build_ops_services``."""
+
+    config: Config
+    ops: OpsConfig
+    registry: DeviceRegistry
+    auth: AuthPolicy
+    metrics: Metrics
+    firmware: FirmwareFolder
+    #: Live session count from the session manager; None: counted from session events.
+    session_count: Callable[[], int] | None = None
+    #: Unix time (server_time in the OTA reply, token expiry, activation codes).
+    clock: Callable[[], float] = time.time
+
+    @property
+    def sessions(self) -> int:
+        return self.session_count() if self.session_count is not None else self.metrics.connected
+
+    def close(self) -> None:
+        """Close the registry's database connection."""
+        self.registry.close()
+
+
+def build_ops_services(
+    config: Config,
+    *,
+    registry: DeviceRegistry | None = None,
+    metrics: Metrics | None = None,
+    session_count: Callable[[], int] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> OpsServices:
+    """Parse the ops tables, open the device registry (in the shared database file, unless one is
+    given: it should then use ``OpsConfig.from_config(config).devices``), load or create the server
+    secret, and bundle it all. Synchronous: call at startup.
+    """
+    ops = OpsConfig.from_config(config)
+    data_dir = config.server.data_path
+    if registry is None:
+        registry = DeviceRegistry(open_database(data_dir / DATABASE_FILE), ops.devices, clock=clock)
+    metrics = metrics or Metrics()
+    signer = TokenSigner(load_secret(data_dir))
+    auth = AuthPolicy(ops.auth, signer, registry, metrics=metrics, clock=clock)
+    firmware_dir = Path(ops.ota.firmware_dir).expanduser() if ops.ota.firmware_dir else data_dir / "firmware"
+    return OpsServices(config, ops, registry, auth, metrics, FirmwareFolder(firmware_dir), session_count, clock)
