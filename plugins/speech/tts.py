@@ -194,6 +194,8 @@ class SherpaTts:
         self._symbols = read_token_symbols(files.files["tokens"]) if files.family in PHONEME_FAMILIES else frozenset()
 
     def _generation_config(self, text: str) -> sherpa_onnx.GenerationConfig | None:
+        if not has_words(text):
+            return None  # (espeak would read lone punctuation aloud: "!?" -> "exclamation")
         config = sherpa_onnx.GenerationConfig()
         config.sid = self._speaker
         config.speed = self._speed
@@ -202,8 +204,6 @@ class SherpaTts:
             if not codepoints:
                 return None
             config.phoneme_codepoints = codepoints
-        elif not has_words(text):
-            return None
         return config
 
     def generate(self, text: str, on_samples: Callable[[Samples], bool]) -> int:

@@ -1,0 +1,1 @@
+"""Shared contract suites: the same tests, parametrized over every backend of a kind."""
