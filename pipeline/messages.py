@@ -106,6 +106,16 @@ class Transcript:
 
     text: str
     speech_ended_at: float
+    #: The utterance itself (for optional recordings).
+    audio: PcmChunk | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionFailed:
+    """The recognizer failed on an utterance; the user hears an apology."""
+
+    kind: str
+    message: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,3 +230,5 @@ class McpMessage:
 
 
 DeviceControl = ListenStart | ListenStop | WakeWordDetected | Abort | McpMessage
+#: The controls that travel in order with the uplink audio, through decode, VAD and ASR.
+UplinkControl = ListenStart | ListenStop | WakeWordDetected

@@ -1,0 +1,99 @@
+"""The running server's shared state: config, plugins, the backends (built once) and stores."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .backends import (
+    KINDS,
+    Agent,
+    BackendContext,
+    ConfigError,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    VoiceActivityDetector,
+)
+from .config import Config
+from .protocol.mcp import McpClient
+from .protocol.tools import SessionTools
+from .registry import Plugins
+from .store.conversations import open_conversation_store
+from .workers import CpuWorkers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveSessions:
+    """The sessions connected now, by device: a device that reconnects replaces its old session."""
+
+    by_device: dict[str, trio.CancelScope] = field(default_factory=dict)
+    count: int = 0
+
+    def replace(self, device_id: str, scope: trio.CancelScope) -> bool:
+        """Make ``scope`` the device's session, cancelling any older one. True if one was replaced."""
+        old = self.by_device.get(device_id)
+        self.by_device[device_id] = scope
+        if old is not None:
+            old.cancel()
+            return True
+        return False
+
+    def remove(self, device_id: str, scope: trio.CancelScope) -> None:
+        if self.by_device.get(device_id) is scope:
+            del self.by_device[device_id]
+
+
+@dataclass
+class App:
+    config: Config
+    plugins: Plugins
+    workers: CpuWorkers
+    vad: VoiceActivityDetector
+    asr: SpeechRecognizer
+    agent: Agent
+    tts: SpeechSynthesizer
+    context: BackendContext
+    sessions: LiveSessions = field(default_factory=LiveSessions)
+    #: Extra services other parts attach (device registry, metrics, auth...).
+    services: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: Config, plugins: Plugins | None = None, *, context: BackendContext | None = None) -> App:
+        """Build every configured backend (loading models) once for the whole process.
+
+        Raises ``ConfigError`` naming the backend that could not be built and why.
+        """
+        plugins = plugins or Plugins()
+        workers = CpuWorkers(config.workers.cpu_threads or None)
+        if context is None:
+            data_dir = config.server.data_path
+            conversations = open_conversation_store(config.extra.get("store", {}), data_dir)
+            context = BackendContext(data_dir=data_dir, workers=workers, conversations=conversations)
+        backends: dict[str, Any] = {}
+        for kind in KINDS:
+            chosen = config.backend(kind)
+            try:
+                backends[kind] = plugins.backends.create(kind, chosen.backend, context, chosen.options)
+            except ConfigError as e:
+                raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
+            log.info("%s backend: %s", kind, chosen.backend)
+        return cls(config=config, plugins=plugins, workers=workers, context=context, **backends)
+
+    def make_tools(self, session: Any) -> tuple[McpClient | None, SessionTools]:
+        """The session's MCP client to the device (if it speaks MCP) and its tool box."""
+        mcp = McpClient(session.send_mcp) if session.hello.supports_mcp else None
+        return mcp, SessionTools(mcp, self.plugins.tools)
+
+    async def aclose(self) -> None:
+        """Release what backends and stores hold (HTTP clients, database files)."""
+        for backend in (self.vad, self.asr, self.agent, self.tts):
+            close = getattr(backend, "aclose", None)
+            if close is not None:
+                await close()
+        if self.context.conversations is not None:
+            await self.context.conversations.aclose()

@@ -1,0 +1,87 @@
+"""The WebSocket server devices connect to (``ws://HOST:8000/xiaozhi/v1/``).
+
+``handle_request`` is the boundary between one connection and the rest of the server: whatever
+goes wrong inside a session is logged there and ends that session only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from .app import App
+from .protocol.handshake import HandshakeError, parse_handshake
+from .session.session import DeviceSession
+
+log = logging.getLogger("xiaozhi_trio.server")
+
+#: trio-websocket's own per-connection timeouts for the opening and closing handshakes.
+HANDSHAKE_TIMEOUT = 10.0
+
+#: Checks a handshake before accepting it: returns None to accept, or a reason to reject with 401.
+Authorizer = Callable[[str, str, str | None], Awaitable[str | None]]
+
+
+async def handle_request(app: App, request: WebSocketRequest) -> None:
+    """Accept or reject one WebSocket handshake, then run its device session to the end."""
+    try:
+        handshake = parse_handshake(request.path, request.headers, app.config.server.path)
+    except HandshakeError as e:
+        log.warning("rejected connection from %s: %s", request.remote, e)
+        await request.reject(e.status, body=str(e).encode())
+        return
+    authorize: Authorizer | None = app.services.get("authorize")
+    if authorize is not None and (reason := await authorize(handshake.device_id, handshake.client_id, handshake.authorization)):
+        log.warning("rejected device %s from %s: %s", handshake.device_id, request.remote, reason)
+        await request.reject(401, body=reason.encode())
+        return
+    if app.sessions.count >= app.config.server.max_sessions:
+        log.warning("rejected device %s: %d sessions is the configured maximum", handshake.device_id, app.sessions.count)
+        await request.reject(503, body=b"server full")
+        return
+    ws = await request.accept()
+    session = DeviceSession(app, ws, handshake)
+    scope = trio.CancelScope()
+    if app.sessions.replace(handshake.device_id, scope):
+        log.info("device %s reconnected; its old session is closed", handshake.device_id)
+    app.sessions.count += 1
+    reason = "replaced by a newer connection of the same device"
+    try:
+        with scope:
+            reason = await session.run()
+    except Exception:  # the session boundary: a bug in one session must not touch the others
+        reason = "internal error"
+        log.exception("session %s of device %s failed", session.session_id, handshake.device_id)
+    finally:
+        app.sessions.count -= 1
+        app.sessions.remove(handshake.device_id, scope)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await ws.aclose(1000, reason[:120])
+            except ConnectionClosed:
+                pass
+
+
+async def serve_devices(app: App, host: str | None = None, port: int | None = None, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve devices until cancelled; ``task_status.started(port)`` with the bound port."""
+    server_config = app.config.server
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(
+                serve_websocket,
+                partial(handle_request, app),
+                host if host is not None else server_config.host,
+                port if port is not None else server_config.port,
+                None,
+                max_message_size=server_config.max_message_bytes,
+                connect_timeout=HANDSHAKE_TIMEOUT,
+                disconnect_timeout=HANDSHAKE_TIMEOUT,
+            )
+        )
+        bound = server.port
+        log.info("devices connect to ws://%s:%d%s", host or server_config.host, bound, server_config.path)
+        task_status.started(bound)

@@ -1,0 +1,62 @@
+"""Stage: utterances → transcripts. Controls and speech-start notices pass through in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ..backends import BackendError, RecognitionStream, SpeechRecognizer
+from ..messages import (
+    PartialTranscript,
+    RecognitionFailed,
+    SpeechAudio,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+    UplinkControl,
+)
+from .listen import UtteranceOutput
+
+log = logging.getLogger(__name__)
+
+RecognizerOutput = SpeechStarted | PartialTranscript | Transcript | RecognitionFailed | UplinkControl
+
+
+async def recognize(
+    receive: trio.MemoryReceiveChannel[UtteranceOutput],
+    send: trio.MemorySendChannel[RecognizerOutput],
+    recognizer: SpeechRecognizer,
+    on_speech_end: Callable[[SpeechEnded], None],
+) -> None:
+    """Feed each utterance to a recognition stream; hand on the final text when it ends.
+
+    Streaming recognizers decode while the user speaks, so the text is ready as speech ends;
+    offline ones decode the whole utterance in ``finish``.
+    """
+    stream: RecognitionStream | None = None
+    with receive, send:
+        async for item in receive:
+            try:
+                match item:
+                    case SpeechStarted(audio=audio):
+                        await send.send(item)  # the controller may barge in on it
+                        stream = recognizer.open_stream()
+                        if partial := await stream.accept(audio):
+                            await send.send(PartialTranscript(partial))
+                    case SpeechAudio(audio=audio):
+                        if stream is not None and (partial := await stream.accept(audio)):
+                            await send.send(PartialTranscript(partial))
+                    case SpeechEnded(audio=audio):
+                        ended_at = trio.current_time()
+                        on_speech_end(item)
+                        current, stream = stream or recognizer.open_stream(), None
+                        text = (await current.finish(audio)).strip()
+                        await send.send(Transcript(text, ended_at, audio))
+                    case _:
+                        await send.send(item)
+            except BackendError as e:
+                stream = None
+                log.warning("speech recognition failed (%s): %s", e.kind, e)
+                await send.send(RecognitionFailed(e.kind, str(e)))
