@@ -128,13 +128,22 @@ async def test_a_late_reply_is_dropped(autojump_clock: trio.abc.Clock, caplog: p
     assert "after its request gave up" in caplog.text
 
 
-async def test_listing_timeout_raises_and_caches_nothing(autojump_clock: trio.abc.Clock) -> None:
+async def test_listing_timeout_raises_backs_off_and_caches_nothing(autojump_clock: trio.abc.Clock) -> None:
     device = SimulatedDevice(silent=True)
-    client = connect(device, call_timeout=2.0)
+    client = connect(device, call_timeout=2.0, relist_after=30.0)
+    start = trio.current_time()
     with pytest.raises(McpError) as info:
         await client.list_tools()
-    assert info.value.kind == "timeout"
+    assert info.value.kind == "timeout" and trio.current_time() - start == pytest.approx(2.0)
     device.silent = False
+    # Within relist_after the client does not wait on the device again...
+    received = len(device.received)
+    start = trio.current_time()
+    with pytest.raises(McpError, match="a moment ago"):
+        await client.list_tools()
+    assert trio.current_time() == start and len(device.received) == received
+    # ...after it, it asks again.
+    await trio.sleep(30)
     assert len(await client.list_tools()) == 4
 
 

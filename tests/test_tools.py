@@ -157,7 +157,7 @@ async def test_plugin_tool_failure_and_unknown_tools_are_error_results() -> None
 
 async def test_a_mute_device_costs_one_timeout_then_is_skipped_for_a_while(autojump_clock: trio.abc.Clock) -> None:
     device = SimulatedDevice(silent=True)
-    tools = SessionTools(connect(device, call_timeout=3.0), registry_with(("get_weather", weather)), relist_after=60.0)
+    tools = SessionTools(connect(device, call_timeout=3.0, relist_after=60.0), registry_with(("get_weather", weather)))
     start = trio.current_time()
     assert [t.name for t in await tools.list_tools()] == ["get_weather"]
     assert trio.current_time() - start == pytest.approx(3.0)

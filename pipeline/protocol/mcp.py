@@ -57,11 +57,14 @@ class _Waiter:
 class McpClient:
     """JSON-RPC requests to the device's MCP server, replies matched by numeric id."""
 
-    def __init__(self, send_json: SendJson, *, call_timeout: float = 10.0) -> None:
+    def __init__(self, send_json: SendJson, *, call_timeout: float = 10.0, relist_after: float = 60.0) -> None:
         """``send_json(frame)`` sends one JSON text frame to the device; ``call_timeout`` is the
-        number of seconds any request waits for its reply."""
+        number of seconds any request waits for its reply; after a ``tools/list`` that got no
+        answer, ``list_tools`` fails at once for ``relist_after`` seconds instead of waiting again."""
         self._send_json = send_json
         self.call_timeout = call_timeout
+        self.relist_after = relist_after
+        self._listing_timed_out_at: float | None = None
         self._next_id = 1
         self._waiters: dict[int, _Waiter] = {}
         self._closed = False
@@ -157,35 +160,48 @@ class McpClient:
         """The device's tools for agents, following ``nextCursor`` through every page.
 
         The first complete listing is cached for the session (the firmware's tools are fixed at
-        boot). Raises ``McpError`` if a page fails; nothing is cached then.
+        boot). Raises ``McpError`` if a page fails; nothing is cached then. A device that did not
+        answer is not asked again for ``relist_after`` seconds, so a mute device does not slow
+        every turn by a whole timeout.
         """
         async with self._listing:  # concurrent callers share one listing
             if self._tools is not None:
                 return list(self._tools)
-            tools: dict[str, ToolSpec] = {}
-            cursor = ""
-            seen_cursors = {cursor}
-            for _page in range(MAX_LIST_PAGES):
-                result = await self._request("tools/list", {"cursor": cursor, "withUserTools": False})
-                entries = result.get("tools")
-                if not isinstance(entries, list):
-                    raise McpError(f"tools/list result has no tools list: {result!r:.200}", kind="protocol")
-                for entry in entries:
-                    spec = _tool_spec(entry)
-                    if spec is not None and spec.name not in tools:
-                        tools[spec.name] = spec
-                next_cursor = result.get("nextCursor")
-                if not next_cursor:
-                    break
-                if not isinstance(next_cursor, str) or next_cursor in seen_cursors:
-                    raise McpError(f"tools/list paging loops at cursor {next_cursor!r}", kind="protocol")
-                seen_cursors.add(next_cursor)
-                cursor = next_cursor
-            else:
-                raise McpError(f"tools/list needs more than {MAX_LIST_PAGES} pages", kind="protocol")
-            self._tools = list(tools.values())
-            log.info("MCP: device has %d tools: %s", len(self._tools), ", ".join(tools))
-            return list(self._tools)
+            failed_at = self._listing_timed_out_at
+            if failed_at is not None and trio.current_time() - failed_at < self.relist_after:
+                raise McpError("the device did not answer tools/list a moment ago", kind="timeout")
+            try:
+                return await self._list_all_pages()
+            except McpError as e:
+                if e.kind == "timeout":
+                    self._listing_timed_out_at = trio.current_time()
+                raise
+
+    async def _list_all_pages(self) -> list[ToolSpec]:
+        tools: dict[str, ToolSpec] = {}
+        cursor = ""
+        seen_cursors = {cursor}
+        for _page in range(MAX_LIST_PAGES):
+            result = await self._request("tools/list", {"cursor": cursor, "withUserTools": False})
+            entries = result.get("tools")
+            if not isinstance(entries, list):
+                raise McpError(f"tools/list result has no tools list: {result!r:.200}", kind="protocol")
+            for entry in entries:
+                spec = _tool_spec(entry)
+                if spec is not None and spec.name not in tools:
+                    tools[spec.name] = spec
+            next_cursor = result.get("nextCursor")
+            if not next_cursor:
+                break
+            if not isinstance(next_cursor, str) or next_cursor in seen_cursors:
+                raise McpError(f"tools/list paging loops at cursor {next_cursor!r}", kind="protocol")
+            seen_cursors.add(next_cursor)
+            cursor = next_cursor
+        else:
+            raise McpError(f"tools/list needs more than {MAX_LIST_PAGES} pages", kind="protocol")
+        self._tools = list(tools.values())
+        log.info("MCP: device has %d tools: %s", len(self._tools), ", ".join(tools))
+        return list(self._tools)
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any], *, timeout: float | None = None) -> ToolResult:
         """Call a device tool. Never raises for the device's sake: an error reply, a silent device

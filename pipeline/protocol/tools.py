@@ -23,8 +23,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import trio
-
 from ..backends import ToolResult, ToolSpec
 from ..registry import ToolRegistry
 from .mcp import McpClient, McpError
@@ -146,29 +144,23 @@ class SessionTools:
     """The ``ToolBox`` of one session: device tools (over MCP) first, then plugin tools.
 
     A device tool hides a plugin tool of the same name. If the device fails to list its tools
-    (it never answers, say), the session goes on with the plugin tools alone and asks the device
-    again only after ``relist_after`` seconds, so a mute device does not slow every turn.
+    (it never answers, say), the turn goes on with the plugin tools alone; the client decides when
+    to ask the device again (``McpClient.relist_after``).
     """
 
-    def __init__(self, mcp: McpClient | None, server_tools: ToolRegistry, *, relist_after: float = 60.0) -> None:
+    def __init__(self, mcp: McpClient | None, server_tools: ToolRegistry) -> None:
         self.mcp = mcp
         self.server_tools = server_tools
-        self.relist_after = relist_after
         self._device_tools: dict[str, ToolSpec] = {}
-        self._listing_failed_at: float | None = None
 
     async def _list_device_tools(self) -> None:
         if self.mcp is None:
-            return
-        if self._listing_failed_at is not None and trio.current_time() - self._listing_failed_at < self.relist_after:
             return
         try:
             specs = await self.mcp.list_tools()
         except McpError as e:
             log.warning("device tools unavailable (%s): %s", e.kind, e)
-            self._listing_failed_at = trio.current_time()
             return
-        self._listing_failed_at = None
         self._device_tools = {spec.name: spec for spec in specs}
 
     async def list_tools(self) -> list[ToolSpec]:

@@ -286,7 +286,7 @@ class SimulatedDevice:
         return {"jsonrpc": "2.0", "id": request_id, "error": {"message": message}}
 
 
-def connect(device: SimulatedDevice, *, call_timeout: float = 10.0) -> McpClient:
+def connect(device: SimulatedDevice, *, call_timeout: float = 10.0, relist_after: float = 60.0) -> McpClient:
     """A ``McpClient`` whose frames reach ``device`` in memory and whose replies come straight back."""
     client: McpClient
 
@@ -296,5 +296,5 @@ def connect(device: SimulatedDevice, *, call_timeout: float = 10.0) -> McpClient
         for reply in device.handle(json.loads(json.dumps(frame["payload"]))):
             client.feed(json.loads(json.dumps(reply)))
 
-    client = McpClient(send_json, call_timeout=call_timeout)
+    client = McpClient(send_json, call_timeout=call_timeout, relist_after=relist_after)
     return client
