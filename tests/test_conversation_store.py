@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from xiaozhi_trio.pipeline.backends import ConfigError
 from xiaozhi_trio.pipeline.store.conversations import (
     ConversationStore,
     SqliteConversationStore,
     open_conversation_store,
 )
-from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE, DatabaseError, open_database
+from xiaozhi_trio.pipeline.store.sqlite import (
+    DATABASE_FILE,
+    DatabaseError,
+    open_database,
+)
 
 
 @pytest.fixture
@@ -47,7 +50,9 @@ async def test_state_that_is_not_json_is_refused(store: SqliteConversationStore)
 
 async def test_history_is_oldest_first_limited_and_pruned(store: SqliteConversationStore) -> None:
     for i in range(5):
-        await store.append_history("openai", "d", [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}])
+        await store.append_history(
+            "openai", "d", [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+        )
     everything = await store.load_history("openai", "d", 100)
     # Bound of 6: the two oldest turns are gone, the newest three remain in order.
     assert [m["content"] for m in everything] == ["q2", "a2", "q3", "a3", "q4", "a4"]
@@ -69,10 +74,15 @@ async def test_messages_keep_structure_and_unicode(store: SqliteConversationStor
     message = {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "self__x", "arguments": "{\"v\": 5}"}}],
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "self__x", "arguments": '{"v": 5}'}}],
     }
-    await store.append_history("openai", "d", [message, {"role": "tool", "tool_call_id": "call_1", "content": "今天星期三"}])
-    assert await store.load_history("openai", "d", 2) == [message, {"role": "tool", "tool_call_id": "call_1", "content": "今天星期三"}]
+    await store.append_history(
+        "openai", "d", [message, {"role": "tool", "tool_call_id": "call_1", "content": "今天星期三"}]
+    )
+    assert await store.load_history("openai", "d", 2) == [
+        message,
+        {"role": "tool", "tool_call_id": "call_1", "content": "今天星期三"},
+    ]
 
 
 async def test_clear_forgets_state_and_history_of_one_device(store: SqliteConversationStore) -> None:
@@ -104,7 +114,14 @@ async def test_concurrent_sessions_and_two_connections_do_not_corrupt(tmp_path: 
 
     async def session(store: SqliteConversationStore, device: str) -> None:
         for turn in range(15):
-            await store.append_history("openai", device, [{"role": "user", "content": f"{device}-{turn}"}, {"role": "assistant", "content": f"{device}-{turn}!"}])
+            await store.append_history(
+                "openai",
+                device,
+                [
+                    {"role": "user", "content": f"{device}-{turn}"},
+                    {"role": "assistant", "content": f"{device}-{turn}!"},
+                ],
+            )
             await store.put_state("coze", device, {"turn": turn})
 
     async with trio.open_nursery() as nursery:
@@ -180,7 +197,12 @@ async def test_migrations_are_per_owner_and_applied_once(tmp_path: Path) -> None
     db = open_database(path)
     assert db.migrate("devices", ["CREATE TABLE devices (id TEXT PRIMARY KEY)"]) == 1
     assert db.migrate("devices", ["CREATE TABLE devices (id TEXT PRIMARY KEY)"]) == 1  # no second CREATE
-    assert db.migrate("devices", ["CREATE TABLE devices (id TEXT PRIMARY KEY)", "ALTER TABLE devices ADD COLUMN name TEXT"]) == 2
+    assert (
+        db.migrate(
+            "devices", ["CREATE TABLE devices (id TEXT PRIMARY KEY)", "ALTER TABLE devices ADD COLUMN name TEXT"]
+        )
+        == 2
+    )
     await db.execute("INSERT INTO devices (id, name) VALUES (?, ?)", ("a", "kitchen"))
     db.close()
     db = open_database(path)

@@ -7,16 +7,18 @@ from typing import Any
 
 import pytest
 import trio
-
-from tests.fakes.mcp_device import Prop, SimulatedDevice, connect
 from xiaozhi_trio.pipeline.backends import ToolResult
 from xiaozhi_trio.pipeline.protocol.mcp import McpClient, McpError
+
+from tests.fakes.mcp_device import Prop, SimulatedDevice, connect
 
 
 def device_with_board_tools(count: int) -> SimulatedDevice:
     device = SimulatedDevice()
     for i in range(count):
-        device.add_tool(f"self.light{i}.set_color", f"Set light {i}. " + "x" * 600, [Prop("color", "string")], lambda args: True)
+        device.add_tool(
+            f"self.light{i}.set_color", f"Set light {i}. " + "x" * 600, [Prop("color", "string")], lambda args: True
+        )
     return device
 
 
@@ -67,7 +69,12 @@ async def test_list_tools_follows_paging_hides_user_tools_and_is_cached() -> Non
     # Each later page starts at the name the previous page gave as nextCursor.
     assert all(r["params"]["cursor"].startswith("self.light") for r in requests[1:])
     names = [t.name for t in tools]
-    assert names[:4] == ["self.get_device_status", "self.audio_speaker.set_volume", "self.screen.set_brightness", "self.screen.set_theme"]
+    assert names[:4] == [
+        "self.get_device_status",
+        "self.audio_speaker.set_volume",
+        "self.screen.set_brightness",
+        "self.screen.set_theme",
+    ]
     assert names[4:] == [f"self.light{i}.set_color" for i in range(30)]
     assert "self.reboot" not in names
     volume = tools[1]
@@ -162,7 +169,13 @@ async def test_replies_are_matched_by_id_in_any_order() -> None:
         second = (await send.next_frame())["payload"]
         assert first["id"] != second["id"]
         assert first["params"]["name"] == "a" and second["params"]["name"] == "b"
-        client.feed({"jsonrpc": "2.0", "id": second["id"], "result": {"content": [{"type": "text", "text": "B"}], "isError": False}})
+        client.feed(
+            {
+                "jsonrpc": "2.0",
+                "id": second["id"],
+                "result": {"content": [{"type": "text", "text": "B"}], "isError": False},
+            }
+        )
         client.feed({"jsonrpc": "2.0", "id": first["id"], "error": {"message": "broken"}})
     assert results == {"a": ToolResult("broken", is_error=True), "b": ToolResult("B")}
 
@@ -179,12 +192,28 @@ async def test_garbage_is_dropped_and_the_real_reply_still_lands(caplog: pytest.
         nursery.start_soon(call)
         request = (await send.next_frame())["payload"]
         with caplog.at_level(logging.DEBUG):
-            for garbage in [None, "text", [], {"id": str(request["id"]), "result": {}}, {"id": True, "result": {}},
-                            {"id": request["id"]}, {"id": 424242, "result": {}},
-                            {"jsonrpc": "2.0", "method": "notifications/state_changed", "params": {}}]:
+            for garbage in [
+                None,
+                "text",
+                [],
+                {"id": str(request["id"]), "result": {}},
+                {"id": True, "result": {}},
+                {"id": request["id"]},
+                {"id": 424242, "result": {}},
+                {"jsonrpc": "2.0", "method": "notifications/state_changed", "params": {}},
+            ]:
                 client.feed(garbage)
         assert not outcome
-        client.feed({"jsonrpc": "2.0", "id": request["id"], "result": {"content": [{"type": "text", "text": "ok"}, {"type": "image", "image": "{}"}], "isError": True}})
+        client.feed(
+            {
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "result": {
+                    "content": [{"type": "text", "text": "ok"}, {"type": "image", "image": "{}"}],
+                    "isError": True,
+                },
+            }
+        )
     assert outcome[0].is_error and outcome[0].text.startswith("ok\n(the tool returned an image")
     assert "without a numeric id" in caplog.text and "neither result nor error" in caplog.text
 
@@ -219,7 +248,9 @@ async def test_close_fails_waiting_and_later_requests_at_once(autojump_clock: tr
         client.close()
     assert outcome == [ToolResult("the device is not connected", is_error=True)]
     assert trio.current_time() == start
-    assert await client.call_tool("self.get_device_status", {}) == ToolResult("the device is not connected", is_error=True)
+    assert await client.call_tool("self.get_device_status", {}) == ToolResult(
+        "the device is not connected", is_error=True
+    )
     with pytest.raises(McpError, match="not connected"):
         await client.list_tools()
 
@@ -253,13 +284,20 @@ async def test_malformed_tool_entries_are_skipped() -> None:
 
     async def send(frame: dict[str, Any]) -> None:
         payload = frame["payload"]
-        tools = [{"name": "ok", "description": "d"}, {"description": "no name"}, "junk", {"name": "ok"},
-                 {"name": "owner_only", "annotations": {"audience": ["user"]}}]
+        tools = [
+            {"name": "ok", "description": "d"},
+            {"description": "no name"},
+            "junk",
+            {"name": "ok"},
+            {"name": "owner_only", "annotations": {"audience": ["user"]}},
+        ]
         client.feed({"jsonrpc": "2.0", "id": payload["id"], "result": {"tools": tools}})
 
     client = McpClient(send)
     tools = await client.list_tools()
-    assert [(t.name, t.description, t.input_schema) for t in tools] == [("ok", "d", {"type": "object", "properties": {}})]
+    assert [(t.name, t.description, t.input_schema) for t in tools] == [
+        ("ok", "d", {"type": "object", "properties": {}})
+    ]
 
 
 # ---- the simulated device itself must be faithful, or the tests above prove nothing ------------
@@ -282,7 +320,9 @@ def test_simulated_device_pages_within_8000_bytes_and_lists_user_tools_on_reques
     device = device_with_board_tools(30)
     cursor, pages, names = "", 0, []
     while True:
-        (reply,) = device.handle({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": cursor, "withUserTools": True}})
+        (reply,) = device.handle(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": cursor, "withUserTools": True}}
+        )
         result = reply["result"]
         assert len(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()) <= 8000
         names += [t["name"] for t in result["tools"]]

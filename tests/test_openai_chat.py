@@ -11,10 +11,14 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from tests.fakes.fake_openai import FakeOpenAI, HttpReply, Stream, chunk, last_message, text_reply, tool_call_reply
-from tests.fakes.mcp_device import SimulatedDevice, connect
-from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, BackendError, ConfigError, ToolResult, ToolSpec
+from xiaozhi_trio.pipeline.backends import (
+    AgentRequest,
+    BackendContext,
+    BackendError,
+    ConfigError,
+    ToolResult,
+    ToolSpec,
+)
 from xiaozhi_trio.pipeline.messages import AgentText
 from xiaozhi_trio.pipeline.protocol.tools import SessionTools
 from xiaozhi_trio.pipeline.registry import Plugins, ToolRegistry
@@ -22,9 +26,23 @@ from xiaozhi_trio.pipeline.store.conversations import SqliteConversationStore
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.openai_chat.agent import STORE_KEY, OpenAIChatAgent
-from xiaozhi_trio.plugins.openai_chat.options import DEFAULT_SYSTEM_PROMPT, OpenAIOptions
+from xiaozhi_trio.plugins.openai_chat.options import (
+    DEFAULT_SYSTEM_PROMPT,
+    OpenAIOptions,
+)
 from xiaozhi_trio.plugins.openai_chat.plugin import create_agent
 from xiaozhi_trio.plugins.openai_chat.stream import ChatStreamDecoder, ThinkFilter
+
+from tests.fakes.fake_openai import (
+    FakeOpenAI,
+    HttpReply,
+    Stream,
+    chunk,
+    last_message,
+    text_reply,
+    tool_call_reply,
+)
+from tests.fakes.mcp_device import SimulatedDevice, connect
 
 
 @pytest.fixture
@@ -55,14 +73,18 @@ async def ask(agent: OpenAIChatAgent, text: str, *, device: str = "aa:bb:cc", to
 # ---- text ------------------------------------------------------------------------------------------
 
 
-async def test_streams_the_answer_and_sends_a_proper_request(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+async def test_streams_the_answer_and_sends_a_proper_request(
+    server: FakeOpenAI, store: SqliteConversationStore
+) -> None:
     server.script(text_reply("It is ", "sunny", " today.", reasoning=("The user asks", " about weather")))
     agent = make_agent(server, store, model="glm-4-flash", temperature=0.3)
     assert await ask(agent, "How is the weather?") == "It is sunny today."
     (request,) = server.requests
     assert request.path == "/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-test"
-    assert request.body["model"] == "glm-4-flash" and request.body["stream"] is True and request.body["temperature"] == 0.3
+    assert (
+        request.body["model"] == "glm-4-flash" and request.body["stream"] is True and request.body["temperature"] == 0.3
+    )
     assert request.body["messages"] == [
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "How is the weather?"},
@@ -71,7 +93,9 @@ async def test_streams_the_answer_and_sends_a_proper_request(server: FakeOpenAI,
     await agent.aclose()
 
 
-async def test_first_words_are_handed_on_before_the_answer_is_complete(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+async def test_first_words_are_handed_on_before_the_answer_is_complete(
+    server: FakeOpenAI, store: SqliteConversationStore
+) -> None:
     gate = trio.Event()
     server.script(text_reply("First part.", " Second part.", gate=gate, gate_at=2))
     agent = make_agent(server, store)
@@ -95,8 +119,18 @@ async def test_think_blocks_in_content_are_not_spoken(server: FakeOpenAI, store:
 
 
 async def test_a_server_that_ignores_stream_still_works(server: FakeOpenAI, store: SqliteConversationStore) -> None:
-    server.script(HttpReply(200, {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "Whole answer."}, "finish_reason": "stop"}]}))
+    server.script(
+        HttpReply(
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Whole answer."}, "finish_reason": "stop"}
+                ],
+            },
+        )
+    )
     agent = make_agent(server, store)
     assert await ask(agent, "hi") == "Whole answer."
     await agent.aclose()
@@ -126,12 +160,24 @@ async def test_a_volume_request_calls_the_device_tool(server: FakeOpenAI, store:
     assert device.volume == 30
     first, second = server.requests
     names = [t["function"]["name"] for t in first.body["tools"]]
-    assert names == ["self__get_device_status", "self__audio_speaker__set_volume", "self__screen__set_brightness", "self__screen__set_theme"]
+    assert names == [
+        "self__get_device_status",
+        "self__audio_speaker__set_volume",
+        "self__screen__set_brightness",
+        "self__screen__set_theme",
+    ]
     volume_tool = first.body["tools"][1]["function"]
     assert volume_tool["parameters"]["properties"]["volume"] == {"type": "integer", "minimum": 0, "maximum": 100}
     assert second.body["messages"][-2] == {
-        "role": "assistant", "content": None,
-        "tool_calls": [{"id": "call_7", "type": "function", "function": {"name": "self__audio_speaker__set_volume", "arguments": '{"volume": 30}'}}],
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_7",
+                "type": "function",
+                "function": {"name": "self__audio_speaker__set_volume", "arguments": '{"volume": 30}'},
+            }
+        ],
     }
     assert second.body["messages"][-1] == {"role": "tool", "tool_call_id": "call_7", "content": "true"}
     assert "tool_choice" not in second.body
@@ -148,10 +194,15 @@ async def test_several_calls_in_one_round_and_plugin_tools(server: FakeOpenAI, s
         return ToolResult(f"sunny in {arguments['city']}")
 
     registry = ToolRegistry()
-    registry.add(ToolSpec("get_weather", "Weather for a city", {"type": "object", "properties": {"city": {"type": "string"}}}), weather)
+    registry.add(
+        ToolSpec("get_weather", "Weather for a city", {"type": "object", "properties": {"city": {"type": "string"}}}),
+        weather,
+    )
     device = SimulatedDevice(battery_level=42)
     server.script(
-        tool_call_reply([("c1", "self__get_device_status", ""), ("c2", "get_weather", '{"city": "Xi\'an"}')], text="Let me check. "),
+        tool_call_reply(
+            [("c1", "self__get_device_status", ""), ("c2", "get_weather", '{"city": "Xi\'an"}')], text="Let me check. "
+        ),
         lambda body: text_reply("Battery 42, sunny."),
     )
     agent = make_agent(server, store)
@@ -164,15 +215,24 @@ async def test_several_calls_in_one_round_and_plugin_tools(server: FakeOpenAI, s
     await agent.aclose()
 
 
-async def test_bad_calls_are_reported_to_the_model_not_raised(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+async def test_bad_calls_are_reported_to_the_model_not_raised(
+    server: FakeOpenAI, store: SqliteConversationStore
+) -> None:
     device = SimulatedDevice()
     server.script(
-        tool_call_reply([("a", "no_such_function", "{}"), ("b", "self__audio_speaker__set_volume", "{volume"),
-                         ("c", "self__audio_speaker__set_volume", '{"volume": 500}')]),
+        tool_call_reply(
+            [
+                ("a", "no_such_function", "{}"),
+                ("b", "self__audio_speaker__set_volume", "{volume"),
+                ("c", "self__audio_speaker__set_volume", '{"volume": 500}'),
+            ]
+        ),
         lambda body: text_reply("Sorry, that did not work."),
     )
     agent = make_agent(server, store)
-    assert await ask(agent, "louder", tools=SessionTools(connect(device), ToolRegistry())) == "Sorry, that did not work."
+    assert (
+        await ask(agent, "louder", tools=SessionTools(connect(device), ToolRegistry())) == "Sorry, that did not work."
+    )
     results = [m["content"] for m in server.requests[1].body["messages"] if m["role"] == "tool"]
     assert results[0] == "error: there is no function named 'no_such_function'"
     assert results[1].startswith("error: the arguments are not valid JSON")
@@ -181,7 +241,9 @@ async def test_bad_calls_are_reported_to_the_model_not_raised(server: FakeOpenAI
     await agent.aclose()
 
 
-async def test_a_silent_device_does_not_hang_the_turn(server: FakeOpenAI, store: SqliteConversationStore, autojump_clock: trio.abc.Clock) -> None:
+async def test_a_silent_device_does_not_hang_the_turn(
+    server: FakeOpenAI, store: SqliteConversationStore, autojump_clock: trio.abc.Clock
+) -> None:
     device = SimulatedDevice(silent_tools={"self.audio_speaker.set_volume"})
     server.script(
         tool_call_reply([("a", "self__audio_speaker__set_volume", '{"volume": 5}')]),
@@ -248,7 +310,9 @@ async def test_history_is_bounded_by_history_turns(server: FakeOpenAI, store: Sq
     await none.aclose()
 
 
-async def test_barge_in_closes_the_stream_and_records_what_was_said(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+async def test_barge_in_closes_the_stream_and_records_what_was_said(
+    server: FakeOpenAI, store: SqliteConversationStore
+) -> None:
     gate = trio.Event()
     server.script(text_reply("The story begins.", " Then a dragon came.", gate=gate, gate_at=2))
     agent = make_agent(server, store)
@@ -283,7 +347,9 @@ async def test_barge_in_before_any_word_keeps_the_question(
     with trio.move_on_after(0.5):
         await ask(agent, "Hello?", device="d")
     assert await store.load_history(STORE_KEY, "d", 10) == [
-        {"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "", "interrupted": True}]
+        {"role": "user", "content": "Hello?"},
+        {"role": "assistant", "content": "", "interrupted": True},
+    ]
     await agent.aclose()
 
 
@@ -293,18 +359,42 @@ async def test_barge_in_before_any_word_keeps_the_question(
 @pytest.mark.parametrize(
     ("reply", "kind", "words"),
     [
-        (HttpReply(401, {"error": {"message": "Authentication Fails (no such user)", "type": "authentication_error"}}), "auth", ["HTTP 401", "Authentication Fails", "req-fake"]),
-        (HttpReply(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}), "rate_limit", ["HTTP 429", "Rate limit"]),
-        (HttpReply(503, "upstream overloaded", content_type="text/plain"), "server", ["HTTP 503", "upstream overloaded"]),
+        (
+            HttpReply(
+                401, {"error": {"message": "Authentication Fails (no such user)", "type": "authentication_error"}}
+            ),
+            "auth",
+            ["HTTP 401", "Authentication Fails", "req-fake"],
+        ),
+        (
+            HttpReply(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}),
+            "rate_limit",
+            ["HTTP 429", "Rate limit"],
+        ),
+        (
+            HttpReply(503, "upstream overloaded", content_type="text/plain"),
+            "server",
+            ["HTTP 503", "upstream overloaded"],
+        ),
         (HttpReply(404, {"error": "model 'llama9' not found"}), "not_found", ["HTTP 404", "llama9"]),
-        (HttpReply(200, {"error": {"message": "Insufficient Balance", "code": "invalid_request_error"}}), "api_error", ["Insufficient Balance"]),
+        (
+            HttpReply(200, {"error": {"message": "Insufficient Balance", "code": "invalid_request_error"}}),
+            "api_error",
+            ["Insufficient Balance"],
+        ),
         (HttpReply(200, "<html>proxy login</html>", content_type="text/html"), "bad_response", ["proxy login"]),
-        (Stream([chunk({"content": "Hi"}), {"error": {"message": "content filtered", "code": "sensitive"}}]), "api_error", ["content filtered"]),
+        (
+            Stream([chunk({"content": "Hi"}), {"error": {"message": "content filtered", "code": "sensitive"}}]),
+            "api_error",
+            ["content filtered"],
+        ),
         (Stream([chunk({"content": "Hi"})], done=False, drop=True), "stream_ended", ["broke off"]),
         (Stream([chunk({"content": "Hi"})], done=False), "stream_ended", ["before [DONE]"]),
     ],
 )
-async def test_failures_become_typed_backend_errors(server: FakeOpenAI, store: SqliteConversationStore, reply: Any, kind: str, words: list[str]) -> None:
+async def test_failures_become_typed_backend_errors(
+    server: FakeOpenAI, store: SqliteConversationStore, reply: Any, kind: str, words: list[str]
+) -> None:
     server.script(reply)
     agent = make_agent(server, store)
     with pytest.raises(BackendError) as info:
@@ -315,8 +405,12 @@ async def test_failures_become_typed_backend_errors(server: FakeOpenAI, store: S
     await agent.aclose()
 
 
-async def test_a_failure_after_some_words_records_them_and_one_before_records_nothing(server: FakeOpenAI, store: SqliteConversationStore) -> None:
-    server.script(HttpReply(500, {"error": {"message": "boom"}}), Stream([chunk({"content": "Half"})], done=False, drop=True))
+async def test_a_failure_after_some_words_records_them_and_one_before_records_nothing(
+    server: FakeOpenAI, store: SqliteConversationStore
+) -> None:
+    server.script(
+        HttpReply(500, {"error": {"message": "boom"}}), Stream([chunk({"content": "Half"})], done=False, drop=True)
+    )
     agent = make_agent(server, store)
     with pytest.raises(BackendError):
         await ask(agent, "first", device="d")
@@ -324,18 +418,24 @@ async def test_a_failure_after_some_words_records_them_and_one_before_records_no
     with pytest.raises(BackendError):
         await ask(agent, "second", device="d")
     assert await store.load_history(STORE_KEY, "d", 10) == [
-        {"role": "user", "content": "second"}, {"role": "assistant", "content": "Half", "interrupted": True}]
+        {"role": "user", "content": "second"},
+        {"role": "assistant", "content": "Half", "interrupted": True},
+    ]
     await agent.aclose()
 
 
-async def test_a_stream_with_finish_reason_but_no_done_is_accepted(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+async def test_a_stream_with_finish_reason_but_no_done_is_accepted(
+    server: FakeOpenAI, store: SqliteConversationStore
+) -> None:
     server.script(text_reply("Fine.", done=False))
     agent = make_agent(server, store)
     assert await ask(agent, "hi") == "Fine."
     await agent.aclose()
 
 
-async def test_a_slow_first_token_times_out(server: FakeOpenAI, store: SqliteConversationStore, autojump_clock: trio.abc.Clock) -> None:
+async def test_a_slow_first_token_times_out(
+    server: FakeOpenAI, store: SqliteConversationStore, autojump_clock: trio.abc.Clock
+) -> None:
     server.script(text_reply("late", delay=60.0))
     agent = make_agent(server, store, timeout=10)
     with pytest.raises(BackendError) as info:
@@ -403,7 +503,9 @@ async def test_registered_as_the_openai_agent_and_works_without_a_key_on_loopbac
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     plugins = Plugins()
     assert "openai" in plugins.backends.names("agent")
-    agent = plugins.backends.create("agent", "openai", context(tmp_path), {"base_url": server.base_url, "model": "qwen2.5:3b"})
+    agent = plugins.backends.create(
+        "agent", "openai", context(tmp_path), {"base_url": server.base_url, "model": "qwen2.5:3b"}
+    )
     assert isinstance(agent, OpenAIChatAgent)
     server.script(text_reply("Local hello."))
     assert await ask(agent, "hi") == "Local hello."
@@ -414,7 +516,9 @@ async def test_registered_as_the_openai_agent_and_works_without_a_key_on_loopbac
     await agent.store.aclose()
 
 
-async def test_the_key_is_sent_from_the_environment(server: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: SqliteConversationStore) -> None:
+async def test_the_key_is_sent_from_the_environment(
+    server: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: SqliteConversationStore
+) -> None:
     monkeypatch.setenv("MY_LLM_KEY", "sk-from-env")
     agent = create_agent(context(tmp_path, store), {"base_url": server.base_url, "api_key_env": "MY_LLM_KEY"})
     server.script(text_reply("ok"))
@@ -430,7 +534,11 @@ async def test_the_key_is_sent_from_the_environment(server: FakeOpenAI, tmp_path
 def encoded(stream: Stream) -> bytes:
     out = b""
     for event in stream.events:
-        out += event if isinstance(event, bytes) else b"data: " + json.dumps(event, ensure_ascii=False).encode() + stream.newline * 2
+        out += (
+            event
+            if isinstance(event, bytes)
+            else b"data: " + json.dumps(event, ensure_ascii=False).encode() + stream.newline * 2
+        )
     return out + (b"data: [DONE]" + stream.newline * 2 if stream.done else b"")
 
 
@@ -451,11 +559,19 @@ _pieces = st.lists(st.text(max_size=8), max_size=6)
 
 
 @settings(max_examples=200)
-@given(st.data(), _pieces, st.lists(st.tuples(st.text(min_size=1, max_size=5), st.text(max_size=30)), max_size=3),
-       st.sampled_from([b"\n", b"\r\n"]))
-def test_the_decoder_gives_the_same_answer_for_any_chunking(data: st.DataObject, pieces: list[str], calls: list[tuple[str, str]], newline: bytes) -> None:
+@given(
+    st.data(),
+    _pieces,
+    st.lists(st.tuples(st.text(min_size=1, max_size=5), st.text(max_size=30)), max_size=3),
+    st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_the_decoder_gives_the_same_answer_for_any_chunking(
+    data: st.DataObject, pieces: list[str], calls: list[tuple[str, str]], newline: bytes
+) -> None:
     text_stream = text_reply(*pieces, reasoning=("thinking…",), newline=newline)
-    tool_stream = tool_call_reply([(f"id{i}", name, args) for i, (name, args) in enumerate(calls)], pieces=3, newline=newline)
+    tool_stream = tool_call_reply(
+        [(f"id{i}", name, args) for i, (name, args) in enumerate(calls)], pieces=3, newline=newline
+    )
     for stream in (text_stream, tool_stream):
         raw = encoded(stream)
         whole = decode(raw, [])
@@ -491,10 +607,15 @@ def test_think_filter_examples() -> None:
 
 def test_decoder_pieces_without_index_and_unknown_chunks() -> None:
     decoder = ChatStreamDecoder()
-    raw = (b'data: {"choices":[{"delta":{"tool_calls":[{"id":"a","function":{"name":"f","arguments":{"x":1}}},'
-           b'{"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}\n\n'
-           b"data: not json\n\n" b'data: {"choices":[]}\n\n' b"data: [1]\n\n" b"data: [DONE]\n\n"
-           b'data: {"choices":[{"delta":{"content":"after done"}}]}\n\n')
+    raw = (
+        b'data: {"choices":[{"delta":{"tool_calls":[{"id":"a","function":{"name":"f","arguments":{"x":1}}},'
+        b'{"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}\n\n'
+        b"data: not json\n\n"
+        b'data: {"choices":[]}\n\n'
+        b"data: [1]\n\n"
+        b"data: [DONE]\n\n"
+        b'data: {"choices":[{"delta":{"content":"after done"}}]}\n\n'
+    )
     assert decoder.feed(raw) == []
     assert [(c.id, c.name, c.arguments) for c in decoder.tool_calls] == [("a", "f", '{"x": 1}'), ("b", "g", "{}")]
     assert decoder.malformed_chunks == 2 and decoder.done

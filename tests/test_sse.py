@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xiaozhi_trio.pipeline.protocol.sse import SseEvent, SseParser
 
 
@@ -122,5 +121,5 @@ def test_any_chunking_gives_the_same_events(case: tuple[bytes, list[int]]) -> No
 def test_data_round_trips_through_byte_at_a_time_feeding(values: list[str]) -> None:
     raw = "".join(f"data: {v}\n\n" for v in values).encode()
     parser = SseParser()
-    events = [e for i in range(len(raw)) for e in parser.feed(raw[i:i + 1])]
+    events = [e for i in range(len(raw)) for e in parser.feed(raw[i : i + 1])]
     assert [e.data for e in events] == values

@@ -9,19 +9,19 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
-
-from tests.fakes.mcp_device import SimulatedDevice, connect
 from xiaozhi_trio.pipeline.backends import ToolBox, ToolResult, ToolSpec
 from xiaozhi_trio.pipeline.protocol.tools import (
     FUNCTION_NAME,
     SessionTools,
-    encode_tool_name,
     ToolNames,
+    encode_tool_name,
     function_name,
     openai_tool_schema,
     tool_name,
 )
 from xiaozhi_trio.pipeline.registry import ToolRegistry
+
+from tests.fakes.mcp_device import SimulatedDevice, connect
 
 # ---- names ---------------------------------------------------------------------------------------
 
@@ -95,14 +95,22 @@ def test_openai_tool_schema() -> None:
     spec = ToolSpec(
         "self.audio_speaker.set_volume",
         "Set the volume.",
-        {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["volume"]},
+        {
+            "type": "object",
+            "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}},
+            "required": ["volume"],
+        },
     )
     assert openai_tool_schema(spec) == {
         "type": "function",
         "function": {
             "name": "self__audio_speaker__set_volume",
             "description": "Set the volume.",
-            "parameters": {"type": "object", "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}}, "required": ["volume"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"volume": {"type": "integer", "minimum": 0, "maximum": 100}},
+                "required": ["volume"],
+            },
         },
     }
     bare = openai_tool_schema(ToolSpec("ping", "", {}))
@@ -136,7 +144,13 @@ async def test_session_tools_combine_device_and_plugin_tools() -> None:
     tools = SessionTools(connect(device), registry_with(("get_weather", weather), ("self.get_device_status", impostor)))
     assert isinstance(tools, ToolBox)
     names = [t.name for t in await tools.list_tools()]
-    assert names == ["self.get_device_status", "self.audio_speaker.set_volume", "self.screen.set_brightness", "self.screen.set_theme", "get_weather"]
+    assert names == [
+        "self.get_device_status",
+        "self.audio_speaker.set_volume",
+        "self.screen.set_brightness",
+        "self.screen.set_theme",
+        "get_weather",
+    ]
     assert await tools.call("get_weather", {"city": "Hangzhou"}) == ToolResult("sunny in Hangzhou")
     assert await tools.call("self.audio_speaker.set_volume", {"volume": 20}) == ToolResult("true")
     assert device.volume == 20

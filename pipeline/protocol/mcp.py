@@ -258,4 +258,3 @@ def _content_text(content: object) -> str:
         elif item.get("type") == "image":
             parts.append("(the tool returned an image, which cannot be passed on as text)")
     return "\n".join(parts)
-

@@ -57,13 +57,13 @@ class SseParser:
                 return []
             self._started = True
             if buffer.startswith(_BOM):
-                buffer = buffer[len(_BOM):]
+                buffer = buffer[len(_BOM) :]
         events: list[SseEvent] = []
         position = 0
         while match := _LINE_END.search(buffer, position):
             if match.group() == b"\r" and match.end() == len(buffer):
                 break  # maybe the first half of a CRLF: wait for the next byte
-            self._line(buffer[position:match.start()], events)
+            self._line(buffer[position : match.start()], events)
             position = match.end()
         self._buffer = buffer[position:]
         return events

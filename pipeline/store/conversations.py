@@ -188,7 +188,9 @@ def open_conversation_store(config_extra_store: Mapping[str, Any], data_dir: Pat
         return _external_store(backend, options, data_dir)
     unknown = sorted(set(options) - _SQLITE_KEYS)
     if unknown:
-        raise ConfigError(f"unknown key(s) in [store]: {', '.join(unknown)}; valid keys: {', '.join(sorted(_SQLITE_KEYS))}")
+        raise ConfigError(
+            f"unknown key(s) in [store]: {', '.join(unknown)}; valid keys: {', '.join(sorted(_SQLITE_KEYS))}"
+        )
     path_value = options.get("path", "")
     if not isinstance(path_value, str):
         raise ConfigError("[store] path must be a string (a file path)")

@@ -135,7 +135,9 @@ class Database:
             return version + 1
 
         self._run(
-            lambda c: c.execute("CREATE TABLE IF NOT EXISTS schema_versions (owner TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            lambda c: c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions (owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
         )
         version = None
         # One step per transaction, re-reading the version inside it: another process migrating

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import trio
-
 from xiaozhi_trio.pipeline.backends import AgentRequest, BackendError, ToolBox
 from xiaozhi_trio.pipeline.messages import AgentText
 from xiaozhi_trio.pipeline.protocol.tools import ToolNames, openai_tool_schema
@@ -40,7 +39,16 @@ STORE_KEY = "openai"
 _ERROR_BODY_LIMIT = 4096
 #: Seconds the history write may take after a barge-in.
 _SAVE_TIMEOUT = 5.0
-_STATUS_KINDS = {401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 413: "bad_request", 400: "bad_request", 422: "bad_request", 429: "rate_limit"}
+_STATUS_KINDS = {
+    401: "auth",
+    403: "auth",
+    404: "not_found",
+    408: "timeout",
+    413: "bad_request",
+    400: "bad_request",
+    422: "bad_request",
+    429: "rate_limit",
+}
 
 
 @dataclass
@@ -91,7 +99,11 @@ class OpenAIChatAgent:
                 await self._save(request.device_id, question, turn.said, outcome)
 
     async def _converse(
-        self, messages: list[dict[str, Any]], tools: ToolBox | None, send: trio.MemorySendChannel[AgentText], turn: _Turn
+        self,
+        messages: list[dict[str, Any]],
+        tools: ToolBox | None,
+        send: trio.MemorySendChannel[AgentText],
+        turn: _Turn,
     ) -> None:
         messages = [{"role": "system", "content": self.options.system_prompt}, *messages]
         specs = await tools.list_tools() if tools is not None else []
@@ -106,13 +118,16 @@ class OpenAIChatAgent:
                 raise BackendError(
                     f"the model still called tools after {self.options.max_tool_rounds} rounds", kind="tool_rounds"
                 )
-            messages.append({
-                "role": "assistant",
-                "content": text or None,
-                "tool_calls": [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
-                ],
-            })
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": text or None,
+                    "tool_calls": [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in calls
+                    ],
+                }
+            )
             for call in calls:
                 output = await self._run_tool(call, names, tools)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
@@ -178,8 +193,14 @@ class OpenAIChatAgent:
                     await speak(decoder.end())
                     if not decoder.done:
                         if decoder.finish_reason is None:
-                            raise BackendError(f"{endpoint}: the answer stream ended before [DONE]", kind="stream_ended")
-                        log.warning("%s: the stream ended without [DONE] after finish_reason %s", endpoint, decoder.finish_reason)
+                            raise BackendError(
+                                f"{endpoint}: the answer stream ended before [DONE]", kind="stream_ended"
+                            )
+                        log.warning(
+                            "%s: the stream ended without [DONE] after finish_reason %s",
+                            endpoint,
+                            decoder.finish_reason,
+                        )
         except StreamFailure as e:
             raise BackendError(f"{endpoint}: the stream reported an error: {e}", kind="api_error") from None
         except httpx.TimeoutException:
@@ -236,7 +257,9 @@ def history_messages(stored: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not messages and role != "user":
             continue  # the bound cut a pair in half
         if role == "assistant" and message.get("interrupted"):
-            content = f"{content}… (the user interrupted here)" if content else "(the user interrupted before the answer)"
+            content = (
+                f"{content}… (the user interrupted here)" if content else "(the user interrupted before the answer)"
+            )
         messages.append({"role": role, "content": content})
     return messages
 
@@ -279,7 +302,9 @@ def _whole_reply(response: httpx.Response, body: bytes, decoder: ChatStreamDecod
             kind="bad_response",
         ) from None
     if isinstance(parsed, dict) and "error" in parsed:
-        raise BackendError(f"{response.request.url} answered an error: {_error_detail(parsed['error'])}", kind="api_error")
+        raise BackendError(
+            f"{response.request.url} answered an error: {_error_detail(parsed['error'])}", kind="api_error"
+        )
     choices = parsed.get("choices") if isinstance(parsed, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise BackendError(f"{response.request.url} answered JSON without choices: {body[:200]!r}", kind="bad_response")
@@ -287,7 +312,10 @@ def _whole_reply(response: httpx.Response, body: bytes, decoder: ChatStreamDecod
     message = choices[0].get("message") or {}
     tool_calls = message.get("tool_calls") if isinstance(message, dict) else None
     delta = {"content": message.get("content"), "tool_calls": tool_calls} if isinstance(message, dict) else {}
-    chunk = {"choices": [{"delta": delta, "finish_reason": choices[0].get("finish_reason")}], "usage": parsed.get("usage")}
+    chunk = {
+        "choices": [{"delta": delta, "finish_reason": choices[0].get("finish_reason")}],
+        "usage": parsed.get("usage"),
+    }
     texts = decoder.feed(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
     return texts
 

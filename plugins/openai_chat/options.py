@@ -51,7 +51,9 @@ class OpenAIOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ConfigError(f"unknown [agent] option(s) for openai: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown [agent] option(s) for openai: {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
         values: dict[str, Any] = {}
         for key in ("base_url", "model", "api_key_env", "system_prompt"):
             if key in options:
@@ -73,7 +75,9 @@ class OpenAIOptions:
         parsed = cls(**values)
         scheme = urlsplit(parsed.base_url).scheme
         if scheme not in ("http", "https") or not urlsplit(parsed.base_url).hostname:
-            raise ConfigError(f"[agent] base_url must be an http(s) URL such as https://api.deepseek.com/v1, not {parsed.base_url!r}")
+            raise ConfigError(
+                f"[agent] base_url must be an http(s) URL such as https://api.deepseek.com/v1, not {parsed.base_url!r}"
+            )
         return parsed
 
     @property

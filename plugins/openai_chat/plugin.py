@@ -32,13 +32,17 @@ def create_agent(context: BackendContext, options: Mapping[str, Any]) -> OpenAIC
     """The ``openai`` agent factory; a ``ConfigError`` names a bad option or the missing key variable."""
     parsed = OpenAIOptions.parse(options)
     api_key = parsed.api_key()
-    store = context.conversations if context.conversations is not None else open_conversation_store({}, context.data_dir)
+    store = (
+        context.conversations if context.conversations is not None else open_conversation_store({}, context.data_dir)
+    )
     return OpenAIChatAgent(parsed, api_key, store)
 
 
 @hookimpl
 def xiaozhi_register_backends(registry: Any) -> None:
     registry.add(
-        "agent", "openai", create_agent,
+        "agent",
+        "openai",
+        create_agent,
         description="OpenAI-compatible chat completions (DeepSeek, GLM, Qwen, Ollama, ...), streamed, with device tools",
     )

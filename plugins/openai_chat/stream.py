@@ -169,13 +169,13 @@ class ThinkFilter:
             if at >= 0:
                 if not self._inside:
                     out.append(text[:at])
-                text = text[at + len(tag):]
+                text = text[at + len(tag) :]
                 self._inside = not self._inside
                 continue
             keep = _partial_suffix(text, tag)
             if not self._inside:
                 out.append(text[: len(text) - keep])
-            self._pending = text[len(text) - keep:]
+            self._pending = text[len(text) - keep :]
             break
         return "".join(out)
 

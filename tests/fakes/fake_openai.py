@@ -86,22 +86,40 @@ def text_reply(*pieces: str, reasoning: tuple[str, ...] = (), **stream_options: 
     events += [chunk({"content": None, "reasoning_content": r}) for r in reasoning]
     events += [chunk({"content": p}) for p in pieces]
     events.append(chunk({"content": ""}, "stop"))
-    events.append({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
-                   "usage": {"prompt_tokens": 20, "completion_tokens": len(pieces), "total_tokens": 20 + len(pieces)}})
+    events.append(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {"prompt_tokens": 20, "completion_tokens": len(pieces), "total_tokens": 20 + len(pieces)},
+        }
+    )
     return Stream(events, **stream_options)
 
 
-def tool_call_reply(calls: list[tuple[str, str, str]], *, pieces: int = 3, text: str = "", **stream_options: Any) -> Stream:
+def tool_call_reply(
+    calls: list[tuple[str, str, str]], *, pieces: int = 3, text: str = "", **stream_options: Any
+) -> Stream:
     """A streamed answer that calls functions: ``calls`` = (call id, function name, arguments JSON).
 
     Each call's first piece carries its id and name; its arguments follow in ``pieces`` parts.
     """
     events: list[dict[str, Any] | bytes] = [chunk({"role": "assistant", "content": text or None})]
     for index, (call_id, name, arguments) in enumerate(calls):
-        events.append(chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}))
+        events.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+                    ]
+                }
+            )
+        )
         size = max(1, -(-len(arguments) // pieces))
         for start in range(0, len(arguments), size):
-            events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + size]}}]}))
+            events.append(
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + size]}}]})
+            )
     events.append(chunk({}, "tool_calls"))
     return Stream(events, **stream_options)
 
@@ -181,9 +199,14 @@ class FakeOpenAI:
 
     def _next_reply(self, request: Recorded) -> Reply:
         if request.method != "POST" or not request.path.endswith("/chat/completions"):
-            return HttpReply(404, {"error": {"message": f"no route {request.method} {request.path}", "type": "invalid_request_error"}})
+            return HttpReply(
+                404,
+                {"error": {"message": f"no route {request.method} {request.path}", "type": "invalid_request_error"}},
+            )
         if not self._script:
-            return HttpReply(500, {"error": {"message": "the fake server has no scripted reply left", "type": "server_error"}})
+            return HttpReply(
+                500, {"error": {"message": "the fake server has no scripted reply left", "type": "server_error"}}
+            )
         item = self._script.popleft()
         return item(request.body) if callable(item) else item
 
@@ -204,13 +227,22 @@ class FakeOpenAI:
             data = json.dumps(reply.body).encode()
         else:
             data = reply.body.encode() if isinstance(reply.body, str) else reply.body
-        headers = [("content-type", reply.content_type), ("content-length", str(len(data))), ("x-request-id", "req-fake"), *reply.headers]
+        headers = [
+            ("content-type", reply.content_type),
+            ("content-length", str(len(data))),
+            ("x-request-id", "req-fake"),
+            *reply.headers,
+        ]
         await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
         await stream.send_all(conn.send(h11.Data(data=data)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
 
     async def _send_stream(self, conn: h11.Connection, stream: trio.SocketStream, reply: Stream) -> bool:
-        headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"), ("x-request-id", "req-fake")]
+        headers = [
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("cache-control", "no-cache"),
+            ("x-request-id", "req-fake"),
+        ]
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
         events = list(reply.events)
         if reply.done:
@@ -224,7 +256,11 @@ class FakeOpenAI:
                     await reply.gate.wait()
                 if reply.delay:
                     await trio.sleep(reply.delay)
-                data = event if isinstance(event, bytes) else b"data: " + json.dumps(event, ensure_ascii=False).encode() + reply.newline + reply.newline
+                data = (
+                    event
+                    if isinstance(event, bytes)
+                    else b"data: " + json.dumps(event, ensure_ascii=False).encode() + reply.newline + reply.newline
+                )
                 await stream.send_all(conn.send(h11.Data(data=data)))
             if not reply.drop:
                 await stream.send_all(conn.send(h11.EndOfMessage()))
@@ -234,7 +270,9 @@ class FakeOpenAI:
             self._client_hung_up()
         return finished and not reply.drop
 
-    async def _watch_for_hang_up(self, conn: h11.Connection, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _watch_for_hang_up(
+        self, conn: h11.Connection, stream: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
         while True:
             try:
                 data = await stream.receive_some(65536)

@@ -156,24 +156,51 @@ class SimulatedDevice:
         def take_photo(args: dict[str, Any]) -> str:
             raise ToolFailure("Failed to capture photo")
 
-        self.add_tool("self.get_device_status", "Provides the real-time information of the device, including the current status of the audio speaker, screen, battery, network, etc.", [], status)
+        self.add_tool(
+            "self.get_device_status",
+            "Provides the real-time information of the device, including the current status of the audio speaker, screen, battery, network, etc.",
+            [],
+            status,
+        )
         self.add_tool(
             "self.audio_speaker.set_volume",
             "Set the volume of the audio speaker. If the current volume is unknown, you must call `self.get_device_status` tool first and then call this tool.",
             [Prop("volume", "integer", minimum=0, maximum=100)],
             set_volume,
         )
-        self.add_tool("self.screen.set_brightness", "Set the brightness of the screen.", [Prop("brightness", "integer", minimum=0, maximum=100)], set_brightness)
-        self.add_tool("self.screen.set_theme", "Set the theme of the screen. The theme can be `light` or `dark`.", [Prop("theme", "string")], set_theme)
+        self.add_tool(
+            "self.screen.set_brightness",
+            "Set the brightness of the screen.",
+            [Prop("brightness", "integer", minimum=0, maximum=100)],
+            set_brightness,
+        )
+        self.add_tool(
+            "self.screen.set_theme",
+            "Set the theme of the screen. The theme can be `light` or `dark`.",
+            [Prop("theme", "string")],
+            set_theme,
+        )
         if self.has_camera:
-            self.add_tool("self.camera.take_photo", "Take a photo and explain it.", [Prop("question", "string")], take_photo)
+            self.add_tool(
+                "self.camera.take_photo", "Take a photo and explain it.", [Prop("question", "string")], take_photo
+            )
 
     def _add_user_only_tools(self) -> None:
-        self.add_tool("self.get_system_info", "Get the system information", [], lambda _: {"chip": "esp32s3"}, user_only=True)
+        self.add_tool(
+            "self.get_system_info", "Get the system information", [], lambda _: {"chip": "esp32s3"}, user_only=True
+        )
         self.add_tool("self.reboot", "Reboot the system", [], lambda _: True, user_only=True)
-        self.add_tool("self.upgrade_firmware", "Upgrade firmware from a specific URL.", [Prop("url", "string")], lambda _: True, user_only=True)
+        self.add_tool(
+            "self.upgrade_firmware",
+            "Upgrade firmware from a specific URL.",
+            [Prop("url", "string")],
+            lambda _: True,
+            user_only=True,
+        )
 
-    def add_tool(self, name: str, description: str, properties: list[Prop], callback: ToolCallback, *, user_only: bool = False) -> None:
+    def add_tool(
+        self, name: str, description: str, properties: list[Prop], callback: ToolCallback, *, user_only: bool = False
+    ) -> None:
         """Add a tool (a board's own tools come after the common ones); duplicates are ignored."""
         if any(t.name == name for t in self.tools):
             return
@@ -203,12 +230,20 @@ class SimulatedDevice:
             if isinstance(capabilities, dict) and isinstance(capabilities.get("vision"), dict):
                 vision = capabilities["vision"]
                 if isinstance(vision.get("url"), str):
-                    self.vision = {"url": vision["url"], "token": vision.get("token") if isinstance(vision.get("token"), str) else ""}
-            return [self._result(request_id, {
-                "protocolVersion": "2024-11-05",
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": BOARD_NAME, "version": FIRMWARE_VERSION},
-            })]
+                    self.vision = {
+                        "url": vision["url"],
+                        "token": vision.get("token") if isinstance(vision.get("token"), str) else "",
+                    }
+            return [
+                self._result(
+                    request_id,
+                    {
+                        "protocolVersion": "2024-11-05",
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": BOARD_NAME, "version": FIRMWARE_VERSION},
+                    },
+                )
+            ]
         if method == "tools/list":
             cursor = (params or {}).get("cursor")
             with_user = (params or {}).get("withUserTools")
