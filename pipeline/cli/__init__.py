@@ -21,6 +21,8 @@ COMMANDS = [
     "check",
     "plugins",
     "talk",
+    "models",
+    "speech",
 ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from xiaozhi_trio.pipeline.backends import ConfigError
 
@@ -236,6 +237,11 @@ class ModelsSettings:
     #: Where models live; None: ``data_dir / "models"``.
     dir: str | None = None
     mirrors: tuple[str, ...] = ()
+
+
+def models_dir_for(data_dir: Path, settings: ModelsSettings) -> Path:
+    """Where models live: ``[models] dir``, else ``data_dir/models``."""
+    return Path(settings.dir).expanduser() if settings.dir else data_dir / "models"
 
 
 def models_settings(table: Mapping[str, object]) -> ModelsSettings:
