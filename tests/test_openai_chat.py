@@ -111,6 +111,14 @@ async def test_first_words_are_handed_on_before_the_answer_is_complete(
     await agent.aclose()
 
 
+async def test_an_empty_system_prompt_sends_no_system_message(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+    server.script(text_reply("ok"))
+    agent = make_agent(server, store, system_prompt="")
+    await ask(agent, "hi")
+    assert server.requests[0].body["messages"] == [{"role": "user", "content": "hi"}]
+    await agent.aclose()
+
+
 async def test_think_blocks_in_content_are_not_spoken(server: FakeOpenAI, store: SqliteConversationStore) -> None:
     server.script(text_reply("<thi", "nk>hmm, the user</th", "ink>Hello", " <there"))
     agent = make_agent(server, store)

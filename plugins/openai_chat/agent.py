@@ -105,7 +105,8 @@ class OpenAIChatAgent:
         send: trio.MemorySendChannel[AgentText],
         turn: _Turn,
     ) -> None:
-        messages = [{"role": "system", "content": self.options.system_prompt}, *messages]
+        if self.options.system_prompt:
+            messages = [{"role": "system", "content": self.options.system_prompt}, *messages]
         specs = await tools.list_tools() if tools is not None else []
         names = ToolNames(specs)
         schemas = [openai_tool_schema(spec) for spec in specs]
