@@ -103,7 +103,14 @@ class Stall:
     endpoint: str = "/v3/chat"
 
 
-Fault = HttpError | JsonError | ErrorEvent | ChatFailure | Drop | Stall
+@dataclass(frozen=True)
+class Hang:
+    """Never answer the request: the client's own time limit has to end it."""
+
+    endpoint: str
+
+
+Fault = HttpError | JsonError | Hang | ErrorEvent | ChatFailure | Drop | Stall
 
 
 @dataclass(frozen=True)
@@ -267,7 +274,9 @@ class FakeCoze:
         if (rejection := self._check_token(headers)) is not None:
             await self._json(conn, stream, 401, rejection)
             return
-        fault = self._take_fault(record.path, (HttpError, JsonError))
+        fault = self._take_fault(record.path, (HttpError, JsonError, Hang))
+        if isinstance(fault, Hang):
+            await trio.sleep_forever()
         if isinstance(fault, HttpError):
             await self._json(conn, stream, fault.status, {"code": fault.code, "msg": fault.msg})
             return
