@@ -28,6 +28,32 @@ from xiaozhi_trio.pipeline.server import handle_request
 from .fakes.backends import FakeBackends
 
 
+class StallingStream(trio.abc.Stream):
+    """A server-side stream whose writes block forever once ``stall()`` is called, as they do
+    when a device stops reading and the TCP buffers fill up."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.stalled = False
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.stalled:
+            await trio.sleep_forever()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class InlineWorkers:
     """Runs "CPU work" on the event loop. Under the autojump clock, a wait for a real thread
     looks like idleness and the clock would leap ahead; inline calls keep virtual time exact."""
@@ -84,9 +110,10 @@ async def open_device(
     headers: list[tuple[bytes, bytes]] | None = None,
     hello: bool = True,
     features: dict[str, Any] | None = None,
+    stream_pair: Any = trio.testing.memory_stream_pair,
 ) -> AsyncIterator[DeviceClient]:
     """A device connected to a session of ``app`` over an in-memory stream."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
+    client_stream, server_stream = stream_pair()
     if headers is None:
         headers = [
             (b"Protocol-Version", str(protocol_version).encode()),

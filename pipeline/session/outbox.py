@@ -33,14 +33,19 @@ class Outbox:
         #: trio time of the last completed write (for keepalives).
         self.last_sent_at = trio.current_time()
         self.packets_sent = 0
+        self._broken: DeviceNotReading | None = None
 
     async def _write(self, message: str | bytes) -> None:
+        if self._broken is not None:
+            # A write cut off half-way leaves the stream unusable: fail fast from then on.
+            raise self._broken
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self._timeout
             async with self._lock:
                 await self._send_message(message)
         if scope.cancelled_caught:
-            raise DeviceNotReading(f"the device read nothing for {self._timeout:g} s")
+            self._broken = DeviceNotReading(f"the device read nothing for {self._timeout:g} s")
+            raise self._broken
         self.last_sent_at = trio.current_time()
 
     async def send_json(self, message: dict[str, Any]) -> None:

@@ -78,6 +78,13 @@ class SessionEnded(Exception):
     """Ends the session from inside (idle goodbye said)."""
 
 
+def _leaf(error: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 class DeviceSession:
     """Runs one connected device until it goes away (``run`` returns the reason)."""
 
@@ -130,12 +137,12 @@ class DeviceSession:
             self.log.info("session opened (protocol v%d, uplink %d ms frames)", self.handshake.protocol_version, self.hello.audio_params.frame_duration)
             reason = await self._serve()
         except* DeviceNotReading as group:
-            reason = f"device stopped reading: {group.exceptions[0]}"
+            reason = f"device stopped reading: {_leaf(group)}"
             self.log.warning("%s", reason)
         except* ConnectionClosed:
             reason = "device disconnected"
         except* SessionEnded as group:
-            reason = str(group.exceptions[0])
+            reason = str(_leaf(group))
         finally:
             if self.mcp is not None:
                 self.mcp.close()
@@ -309,6 +316,8 @@ class DeviceSession:
                 await run_turn(self.ctx, turn, user_text=user_text, fixed_reply=fixed_reply, tools=self.tools)
         except* (DeviceNotReading, ConnectionClosed):
             raise
+        except* trio.BrokenResourceError:
+            pass  # a stage whose downstream already failed; that failure is reported on its own
         except* Exception:  # the turn boundary: a bug in one reply must not end the session
             turn.outcome = "failed"
             self.log.exception("turn %d failed", turn.number)
