@@ -1,0 +1,406 @@
+"""Speech recognition with sherpa-onnx: the ``asr`` backend ``sherpa-onnx``.
+
+Options (the ``[asr]`` table): ``model`` (a catalog name, default ``moonshine-base-en``),
+``num_threads`` (onnxruntime threads per decode), ``language`` (SenseVoice: auto, zh, en, ja, ko,
+yue; Whisper: a Whisper language code; other families take none), ``max_segment_seconds`` (longer
+utterances are cut at their quietest points and decoded in pieces), ``max_batch`` (utterances
+decoded together at most).
+
+Offline families (Moonshine, SenseVoice, Paraformer, Whisper) decode the whole utterance in
+``finish``. Each utterance is first trimmed of long silence at its ends and cut into pieces of at
+most ``max_segment_seconds``; the pieces of every session waiting at that moment are decoded in one
+``decode_streams`` call (see ``batching``). Streaming families (zipformer and paraformer online
+models) decode while the user speaks, so ``accept`` returns partial text and ``finish`` only has
+the last few hundred milliseconds left to do.
+
+Moonshine base-en (int8) sometimes returns no text at all for perfectly clear speech: it depends
+on how the audio lines up with its frames, and always happens after about a second of leading
+silence. So leading silence is trimmed, and a piece that comes back empty is decoded once or twice
+more with a few milliseconds of silence put in front.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sherpa_onnx
+import soxr
+
+from xiaozhi_trio.pipeline.backends import BackendContext, BackendError, ConfigError
+from xiaozhi_trio.pipeline.hookspecs import hookimpl
+from xiaozhi_trio.pipeline.messages import PcmChunk, Samples
+from xiaozhi_trio.pipeline.workers import CpuWorkers
+
+from .batching import Batcher
+from .models import ModelFiles, ModelInvalid
+from .models.locate import locate_model
+from .models.validate import validate_model
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+DEFAULT_MODEL = "moonshine-base-en"
+OFFLINE_FAMILIES = ("moonshine", "sense_voice", "paraformer", "whisper")
+STREAMING_FAMILIES = ("zipformer_streaming", "paraformer_streaming")
+SENSE_VOICE_LANGUAGES = ("auto", "zh", "en", "ja", "ko", "yue")
+#: Silence put in front of a Moonshine piece that came back empty, tried in this order (samples).
+RETRY_SHIFTS = {"moonshine": (128, 256)}
+#: Zeros after the end of a streaming utterance, so the model flushes its last frames.
+STREAMING_TAIL_SECONDS = 0.66
+
+# Piece planning: 20 ms frames; a frame is quiet when 20 dB below the utterance's loud level.
+FRAME = 320
+QUIET_RATIO = 0.1
+#: Below this RMS (about -70 dBFS) a frame is quiet whatever the level; all quiet: no speech.
+SILENCE_FLOOR = 3e-4
+#: Quiet kept at each end of a piece.
+PAD_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    model: str = DEFAULT_MODEL
+    num_threads: int = 1
+    language: str = ""
+    max_segment_seconds: float = 15.0
+    max_batch: int = 8
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> AsrOptions:
+        """Check the ``[asr]`` options; a ``ConfigError`` names any wrong one."""
+        valid: dict[str, tuple[type, ...]] = {
+            "model": (str,), "num_threads": (int,), "language": (str,),
+            "max_segment_seconds": (int, float), "max_batch": (int,),
+        }
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) in [asr] for sherpa-onnx: {', '.join(unknown)}; valid: {', '.join(valid)}"
+            )
+        for key, types in valid.items():
+            value = options.get(key)
+            if key in options and (isinstance(value, bool) or not isinstance(value, types)):
+                expected = " or ".join(t.__name__ for t in types)
+                raise ConfigError(f"[asr] {key} must be {expected}, not {type(value).__name__} {value!r}")
+        parsed = cls(**{k: (float(v) if k == "max_segment_seconds" else v) for k, v in options.items()})
+        if not parsed.model:
+            raise ConfigError("[asr] model must name a model (see `xiaozhi-trio models list`)")
+        if not 1 <= parsed.num_threads <= 16:
+            raise ConfigError(f"[asr] num_threads must be between 1 and 16, not {parsed.num_threads}")
+        if not 2.0 <= parsed.max_segment_seconds <= 60.0:
+            raise ConfigError(f"[asr] max_segment_seconds must be between 2 and 60, not {parsed.max_segment_seconds:g}")
+        if not 1 <= parsed.max_batch <= 64:
+            raise ConfigError(f"[asr] max_batch must be between 1 and 64, not {parsed.max_batch}")
+        return parsed
+
+
+# --------------------------------------------------------------------------------------------
+# Building the recognizer: sherpa-onnx's public constructors, with arguments by family
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build a model's recognizer: one of sherpa-onnx's ``from_*`` constructors and its
+    arguments (kept apart so they can be checked without loading anything)."""
+
+    build: Callable[..., Any]
+    kwargs: Mapping[str, Any]
+    streaming: bool
+
+    def load(self) -> Any:
+        return self.build(**self.kwargs)
+
+
+def _language_for(files: ModelFiles, language: str) -> str:
+    if files.family == "sense_voice":
+        if language and language not in SENSE_VOICE_LANGUAGES:
+            raise ConfigError(
+                f"[asr] language {language!r} is not one SenseVoice knows; use one of {', '.join(SENSE_VOICE_LANGUAGES)}"
+            )
+        return language or "auto"
+    if files.family == "whisper":
+        if language and not (language.isascii() and language.isalpha() and 2 <= len(language) <= 3):
+            raise ConfigError(f"[asr] language {language!r} is not a Whisper language code (en, zh, de...)")
+        # A model for one language gets that one; a multilingual model detects it if unset.
+        return language or (files.language if "," not in files.language else "")
+    if language:
+        raise ConfigError(f"[asr] model {files.name!r} ({files.family}) takes no language option; remove it")
+    return ""
+
+
+def recognizer_recipe(files: ModelFiles, *, num_threads: int = 1, language: str = "") -> Recipe:
+    """The sherpa-onnx constructor and arguments for an ASR model, by family."""
+    if files.role != "asr":
+        raise ConfigError(f"[asr] model {files.name!r} is a {files.role} model, not a speech recognizer")
+    lang = _language_for(files, language)
+    f = {role: str(path) for role, path in files.files.items()}
+    offline, online = sherpa_onnx.OfflineRecognizer, sherpa_onnx.OnlineRecognizer
+    try:
+        match files.family:
+            case "moonshine":
+                args = {"encoder": f["encoder"], "decoder": f["decoder"], "tokens": f["tokens"]}
+                return Recipe(offline.from_moonshine_v2, {**args, "num_threads": num_threads}, False)
+            case "sense_voice":
+                args = {"model": f["model"], "tokens": f["tokens"], "language": lang, "use_itn": True}
+                return Recipe(offline.from_sense_voice, {**args, "num_threads": num_threads}, False)
+            case "paraformer":
+                args = {"paraformer": f["model"], "tokens": f["tokens"]}
+                return Recipe(offline.from_paraformer, {**args, "num_threads": num_threads}, False)
+            case "whisper":
+                args = {"encoder": f["encoder"], "decoder": f["decoder"], "tokens": f["tokens"], "language": lang}
+                return Recipe(offline.from_whisper, {**args, "num_threads": num_threads}, False)
+            case "zipformer_streaming":
+                args = {"encoder": f["encoder"], "decoder": f["decoder"], "joiner": f["joiner"], "tokens": f["tokens"]}
+                return Recipe(online.from_transducer, {**args, "num_threads": num_threads}, True)
+            case "paraformer_streaming":
+                args = {"encoder": f["encoder"], "decoder": f["decoder"], "tokens": f["tokens"]}
+                return Recipe(online.from_paraformer, {**args, "num_threads": num_threads}, True)
+    except KeyError as e:
+        raise ModelInvalid(f"model {files.name!r} ({files.family}) has no {e.args[0]} file") from None
+    families = ", ".join(OFFLINE_FAMILIES + STREAMING_FAMILIES)
+    raise ConfigError(f"[asr] model {files.name!r} is a {files.family} model; the recognizer takes {families}")
+
+
+# --------------------------------------------------------------------------------------------
+# Utterance → pieces, and pieces' text → one text
+# --------------------------------------------------------------------------------------------
+
+
+def speech_pieces(samples: Samples, max_seconds: float, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+    """Where to decode: ``(start, stop)`` sample ranges covering the utterance's speech.
+
+    Quiet longer than ``PAD_SECONDS`` at either end is left out; a stretch longer than
+    ``max_seconds`` is cut in the middle of its longest quiet run in the second half of the allowed
+    length (or at its quietest frame), so no speech is dropped. Silence alone gives no pieces.
+    """
+    frames = len(samples) // FRAME
+    if frames == 0:
+        return []
+    rms = np.sqrt(np.mean(np.square(samples[: frames * FRAME].reshape(frames, FRAME), dtype=np.float64), axis=1))
+    level = float(np.percentile(rms, 95))
+    if level < SILENCE_FLOOR:
+        return []
+    quiet = rms < max(level * QUIET_RATIO, SILENCE_FLOOR)
+    pad = round(PAD_SECONDS * sample_rate / FRAME)
+    limit = max(2, int(max_seconds * sample_rate / FRAME))
+
+    def trimmed(lo: int, hi: int) -> tuple[int, int] | None:
+        loud = np.flatnonzero(~quiet[lo:hi])
+        if not len(loud):
+            return None
+        return max(lo, lo + int(loud[0]) - pad), min(hi, lo + int(loud[-1]) + 1 + pad)
+
+    pieces: list[tuple[int, int]] = []
+    span = trimmed(0, frames)
+    while span is not None:
+        lo, hi = span
+        if hi - lo <= limit:
+            pieces.append(span)
+            break
+        cut = _best_cut(rms, quiet, lo + limit // 2, lo + limit)
+        if (head := trimmed(lo, cut)) is not None:
+            pieces.append(head)
+        span = trimmed(cut, hi)
+    ranges = [(lo * FRAME, hi * FRAME) for lo, hi in pieces]
+    if ranges and ranges[-1][1] == frames * FRAME:
+        ranges[-1] = (ranges[-1][0], len(samples))  # keep the last partial frame
+    return ranges
+
+
+def _best_cut(rms: np.ndarray, quiet: np.ndarray, lo: int, hi: int) -> int:
+    """A frame index in ``[lo, hi)`` to cut at: the middle of the longest quiet run, else the quietest."""
+    best_len, best_mid, run_start = 0, -1, None
+    for index in range(lo, hi + 1):
+        if index < hi and quiet[index]:
+            run_start = index if run_start is None else run_start
+        elif run_start is not None:
+            if index - run_start > best_len:
+                best_len, best_mid = index - run_start, (run_start + index) // 2
+            run_start = None
+    if best_mid >= 0:
+        return best_mid
+    return lo + int(np.argmin(rms[lo:hi]))
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\uffef"
+
+
+def join_texts(texts: Sequence[str]) -> str:
+    """The pieces' texts as one: a space between words, none between Chinese/Japanese/Korean."""
+    result = ""
+    for text in (t.strip() for t in texts):
+        if not text:
+            continue
+        if result and not (_is_cjk(result[-1]) or _is_cjk(text[0])):
+            result += " "
+        result += text
+    return result
+
+
+def to_sample_rate(chunk: PcmChunk, sample_rate: int = SAMPLE_RATE) -> Samples:
+    """``chunk``'s samples at ``sample_rate`` (resampled if needed), mono float32."""
+    samples = np.asarray(chunk.samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise BackendError(f"recognizer input must be mono audio, not shape {samples.shape}", kind="asr_input")
+    if chunk.sample_rate != sample_rate and len(samples):
+        samples = soxr.resample(samples, chunk.sample_rate, sample_rate).astype(np.float32, copy=False)
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+
+
+class SherpaAsr:
+    """One loaded recognizer, shared by every session; each utterance opens a stream."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, recognizer: Any, files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> None:
+        self.recognizer = recognizer
+        self.files = files
+        self.workers = workers
+        self.options = options
+        self.streaming = files.family in STREAMING_FAMILIES
+        self._retry_shifts = RETRY_SHIFTS.get(files.family, ())
+        self.batcher: Batcher[list[Samples], list[str]] = Batcher(
+            self.decode_batch, workers, max_batch=options.max_batch
+        )
+
+    def open_stream(self) -> OfflineRecognition | StreamingRecognition:
+        return StreamingRecognition(self) if self.streaming else OfflineRecognition(self)
+
+    # ---- offline: runs in a worker thread, on fresh streams made here ----
+
+    def decode_batch(self, utterances: list[list[Samples]]) -> list[list[str]]:
+        """Decode every piece of every utterance in one ``decode_streams`` call."""
+        pieces = [piece for utterance in utterances for piece in utterance]
+        texts = self._decode_pieces(pieces)
+        for shift in self._retry_shifts:
+            empty = [i for i, text in enumerate(texts) if not text]
+            if not empty:
+                break
+            silence = np.zeros(shift, dtype=np.float32)
+            again = self._decode_pieces([np.concatenate([silence, pieces[i]]) for i in empty])
+            for i, text in zip(empty, again, strict=True):
+                texts[i] = text
+        result, position = [], 0
+        for utterance in utterances:
+            result.append(texts[position : position + len(utterance)])
+            position += len(utterance)
+        return result
+
+    def _decode_pieces(self, pieces: list[Samples]) -> list[str]:
+        streams = []
+        for piece in pieces:
+            stream = self.recognizer.create_stream()
+            stream.accept_waveform(SAMPLE_RATE, piece)
+            streams.append(stream)
+        try:
+            self.recognizer.decode_streams(streams)
+        except RuntimeError as e:  # sherpa-onnx reports a failed decode this way
+            raise BackendError(f"speech recognition failed: {e}", kind="asr") from e
+        return [stream.result.text.strip() for stream in streams]
+
+    # ---- streaming: runs in a worker thread, on the session's own stream ----
+
+    def feed_online(self, stream: Any, samples: Samples, final: bool) -> str:
+        """Give ``samples`` to an online stream, decode what is ready, return the text so far."""
+        if len(samples):
+            stream.accept_waveform(SAMPLE_RATE, samples)
+        if final:
+            stream.accept_waveform(SAMPLE_RATE, np.zeros(round(STREAMING_TAIL_SECONDS * SAMPLE_RATE), np.float32))
+            stream.input_finished()
+        while self.recognizer.is_ready(stream):
+            self.recognizer.decode_stream(stream)
+        return str(self.recognizer.get_result(stream)).strip()
+
+
+class OfflineRecognition:
+    """One utterance for an offline model: nothing happens until ``finish``."""
+
+    def __init__(self, asr: SherpaAsr) -> None:
+        self._asr = asr
+
+    async def accept(self, audio: PcmChunk) -> str | None:
+        """Offline models have no partial text."""
+        return None
+
+    async def finish(self, utterance: PcmChunk) -> str:
+        """Decode the whole utterance (batched with other sessions' utterances) and return its text."""
+        samples = to_sample_rate(utterance)
+        ranges = speech_pieces(samples, self._asr.options.max_segment_seconds)
+        if not ranges:
+            return ""
+        texts = await self._asr.batcher.decode([samples[lo:hi] for lo, hi in ranges])
+        return join_texts(texts)
+
+
+class StreamingRecognition:
+    """One utterance for a streaming model. ``accept`` gets consecutive pieces of the utterance
+    from its start; ``finish`` decodes whatever of the utterance was not accepted yet."""
+
+    def __init__(self, asr: SherpaAsr) -> None:
+        self._asr = asr
+        self._stream: Any = None
+        self._fed = 0
+        self._partial = ""
+        #: Set while a decode runs; left set if it was cancelled, since the abandoned worker
+        #: thread may still be using the stream. Partial results then stop; ``finish`` starts over.
+        self._broken = False
+
+    async def accept(self, audio: PcmChunk) -> str | None:
+        """Decode more of the utterance; return the text so far if it changed."""
+        samples = to_sample_rate(audio)
+        if self._broken or not len(samples):
+            return None
+        if self._stream is None:
+            self._stream = self._asr.recognizer.create_stream()
+        self._broken = True
+        text = await self._asr.workers.run(self._asr.feed_online, self._stream, samples, False)
+        self._broken = False
+        self._fed += len(samples)
+        if text and text != self._partial:
+            self._partial = text
+            return text
+        return None
+
+    async def finish(self, utterance: PcmChunk) -> str:
+        """The utterance is over: decode the rest and return the final text."""
+        samples = to_sample_rate(utterance)
+        if self._broken or self._stream is None:
+            stream, fed = self._asr.recognizer.create_stream(), 0
+        else:
+            stream, fed = self._stream, self._fed
+        # Whatever happens next, this object starts a new utterance afterwards.
+        self._stream, self._fed, self._partial, self._broken = None, 0, "", False
+        return await self._asr.workers.run(self._asr.feed_online, stream, samples[fed:], True)
+
+
+def load_asr(files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> SherpaAsr:
+    """Validate ``files`` in a subprocess, then load the recognizer into this process."""
+    recipe = recognizer_recipe(files, num_threads=options.num_threads, language=options.language)
+    validate_model(files)
+    return SherpaAsr(recipe.load(), files, workers, options)
+
+
+def create_asr(context: BackendContext, options: Mapping[str, Any]) -> SherpaAsr:
+    """The ``sherpa-onnx`` ASR factory."""
+    parsed = AsrOptions.parse(options)
+    files = locate_model(parsed.model, context.models_dir)
+    return load_asr(files, context.workers, parsed)
+
+
+@hookimpl
+def xiaozhi_register_backends(registry: Any) -> None:
+    registry.add(
+        "asr", "sherpa-onnx", create_asr,
+        description="local speech recognition with sherpa-onnx (Moonshine, SenseVoice, Paraformer, Whisper, streaming zipformer/paraformer)",
+    )
