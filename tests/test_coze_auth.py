@@ -15,13 +15,23 @@ import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from tests.fakes.fake_coze import FAKE_BOT_ID, FakeCoze
-from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, BackendError, ConfigError
+from xiaozhi_trio.pipeline.backends import (
+    AgentRequest,
+    BackendContext,
+    BackendError,
+    ConfigError,
+)
 from xiaozhi_trio.pipeline.messages import AgentText
 from xiaozhi_trio.pipeline.workers import CpuWorkers
-from xiaozhi_trio.plugins.coze.auth import JWT_GRANT, JwtOAuthApp, OAuthSettings, PersonalAccessToken
+from xiaozhi_trio.plugins.coze.auth import (
+    JWT_GRANT,
+    JwtOAuthApp,
+    OAuthSettings,
+    PersonalAccessToken,
+)
 from xiaozhi_trio.plugins.coze.plugin import CozeAgent, create_agent
+
+from tests.fakes.fake_coze import FAKE_BOT_ID, FakeCoze
 
 TOKEN_A = "pat_aaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 TOKEN_B = "pat_bbbbbbbbbbbbbbbbbbbbbbbbbbbb"

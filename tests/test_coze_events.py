@@ -6,7 +6,6 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xiaozhi_trio.plugins.coze.events import (
     AnswerCompleted,
     AnswerDelta,

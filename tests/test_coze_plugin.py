@@ -12,6 +12,20 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from xiaozhi_trio.pipeline.backends import (
+    AgentRequest,
+    BackendContext,
+    BackendError,
+    ConfigError,
+    ToolResult,
+    ToolSpec,
+)
+from xiaozhi_trio.pipeline.messages import AgentText
+from xiaozhi_trio.pipeline.protocol.tools import SessionTools
+from xiaozhi_trio.pipeline.registry import Plugins, ToolRegistry
+from xiaozhi_trio.pipeline.store.conversations import SqliteConversationStore
+from xiaozhi_trio.pipeline.workers import CpuWorkers
+from xiaozhi_trio.plugins.coze.plugin import CozeAgent, create_agent, user_id_for
 
 from tests.fakes.fake_coze import (
     FAKE_BOT_ID,
@@ -27,13 +41,6 @@ from tests.fakes.fake_coze import (
     ToolRule,
 )
 from tests.fakes.mcp_device import SimulatedDevice, connect
-from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, BackendError, ConfigError, ToolResult, ToolSpec
-from xiaozhi_trio.pipeline.messages import AgentText
-from xiaozhi_trio.pipeline.protocol.tools import SessionTools
-from xiaozhi_trio.pipeline.registry import Plugins, ToolRegistry
-from xiaozhi_trio.pipeline.store.conversations import SqliteConversationStore
-from xiaozhi_trio.pipeline.workers import CpuWorkers
-from xiaozhi_trio.plugins.coze.plugin import CozeAgent, create_agent, user_id_for
 
 
 class MemoryStore:

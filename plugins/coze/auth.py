@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 import trio
-
 from xiaozhi_trio.pipeline.backends import BackendError, ConfigError
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-
 from xiaozhi_trio.pipeline.backends import BackendError
 
 from .auth import TokenSource
-from .events import ChatCompleted, ChatFailed, ChatStarted, CozeEvent, CozeEventDecoder, Done, RequiresAction
+from .events import (
+    ChatCompleted,
+    ChatFailed,
+    ChatStarted,
+    CozeEvent,
+    CozeEventDecoder,
+    Done,
+    RequiresAction,
+)
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,12 @@ from typing import Any
 
 import httpx
 import trio
-
-from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, BackendError, ToolBox
+from xiaozhi_trio.pipeline.backends import (
+    AgentRequest,
+    BackendContext,
+    BackendError,
+    ToolBox,
+)
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import AgentText
 from xiaozhi_trio.pipeline.protocol.tools import ToolNames

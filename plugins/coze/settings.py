@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from xiaozhi_trio.pipeline.backends import ConfigError
 
 from .auth import JwtOAuthApp, OAuthSettings, PersonalAccessToken, TokenSource

@@ -1,6 +1,6 @@
 """A faithful fake of the Coze open API v3 on 127.0.0.1, for tests and benchmarks.
 
-It speaks HTTP/1.1 (``h11`` over trio sockets) and serves what a voice turn uses:
+It speaks HTTP/1.1 (``h11`` over trio sockets, see ``fake_coze_http``) and serves what a voice turn uses:
 ``/v1/conversation/create``, ``/v3/chat`` (SSE, byte for byte in the format of Coze's recorded
 streams: ``event:NAME\\ndata:{compact JSON}\\n\\n``), ``/v3/chat/cancel``,
 ``/v3/chat/submit_tool_outputs`` and ``/api/permission/oauth2/token`` (JWT apps).
@@ -16,7 +16,6 @@ with ``inject()`` and consumed by the next matching request. Every request is re
 
 from __future__ import annotations
 
-import http
 import itertools
 import json
 import secrets
@@ -26,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import h11
 import jwt
 import trio
+
+from .fake_coze_http import Abort, Exchange, serve_http
 
 FAKE_BOT_ID = "7400000000000000001"
 FAKE_TOKEN = "pat_fake_coze_token"
@@ -140,6 +140,8 @@ class FakeChat:
     rule: ToolRule | None = None
     tool_call_id: str = ""
     tool_output: str | None = None
+    #: trio time at which each answer delta was handed to the socket (for latency benchmarks).
+    answer_sent_at: list[float] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -152,28 +154,6 @@ class FakeConversation:
 
 class _Stop(Exception):
     """The chat ended early (cancelled, failed); stop its script."""
-
-
-class _Drop(Exception):
-    """Abort the connection without finishing the response."""
-
-
-class _Sse:
-    """Writes one SSE response; after the client is gone, writes become no-ops."""
-
-    def __init__(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
-        self.conn, self.stream, self.connected = conn, stream, True
-
-    async def event(self, name: str, payload: Any) -> None:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        await self.raw(f"event:{name}\ndata:{data}\n\n".encode())
-
-    async def raw(self, data: bytes) -> None:
-        if self.connected:
-            try:
-                await self.stream.send_all(self.conn.send(h11.Data(data=data)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.connected = False
 
 
 class FakeCoze:
@@ -227,61 +207,33 @@ class FakeCoze:
     # ---- HTTP --------------------------------------------------------------------------------
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await self._read(conn, stream)
-                if request is None:
-                    return
-                await self._route(conn, stream, *request)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, _Drop):
-            return
-        finally:
-            await stream.aclose()
+        await serve_http(stream, self._route)
 
-    async def _read(self, conn: h11.Connection, stream: trio.SocketStream) -> tuple[h11.Request, bytes] | None:
-        request, body = None, b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return request, body
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
-
-    async def _route(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, raw: bytes) -> None:
-        target = urlsplit(request.target.decode())
-        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+    async def _route(self, ex: Exchange) -> None:
+        target = urlsplit(ex.target)
         try:
-            body = json.loads(raw) if raw else None
+            body = json.loads(ex.body) if ex.body else None
         except ValueError:
-            body = raw
-        record = RecordedRequest(request.method.decode(), target.path, dict(parse_qsl(target.query)),
-                                 headers, body, trio.current_time())
+            body = ex.body
+        headers = ex.headers
+        ex.logid = self._logid()
+        record = RecordedRequest(ex.method, target.path, dict(parse_qsl(target.query)), headers, body,
+                                 trio.current_time())
         self.requests.append(record)
         if record.path == "/api/permission/oauth2/token":
-            await self._json(conn, stream, *self._oauth_token(record))
+            await ex.json(*self._oauth_token(record))
             return
         if (rejection := self._check_token(headers)) is not None:
-            await self._json(conn, stream, 401, rejection)
+            await ex.json(401, rejection)
             return
         fault = self._take_fault(record.path, (HttpError, JsonError, Hang))
         if isinstance(fault, Hang):
             await trio.sleep_forever()
         if isinstance(fault, HttpError):
-            await self._json(conn, stream, fault.status, {"code": fault.code, "msg": fault.msg})
+            await ex.json(fault.status, {"code": fault.code, "msg": fault.msg})
             return
         if isinstance(fault, JsonError):
-            await self._json(conn, stream, 200, {"code": fault.code, "msg": fault.msg})
+            await ex.json(200, {"code": fault.code, "msg": fault.msg})
             return
         handler = {
             "/v1/conversation/create": self._create_conversation,
@@ -290,24 +242,9 @@ class FakeCoze:
             "/v3/chat/submit_tool_outputs": self._submit_tool_outputs,
         }.get(record.path)
         if handler is None or record.method != "POST":
-            await self._json(conn, stream, 404, {"code": 4000, "msg": f"no such API: {record.method} {record.path}"})
+            await ex.json(404, {"code": 4000, "msg": f"no such API: {record.method} {record.path}"})
             return
-        await handler(conn, stream, record)
-
-    async def _json(self, conn: h11.Connection, stream: trio.SocketStream, status: int, body: Any) -> None:
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = [("content-type", "application/json; charset=utf-8"), ("content-length", str(len(data))),
-                   ("x-tt-logid", self._logid())]
-        reason = http.HTTPStatus(status).phrase.encode()
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers, reason=reason)))
-        await stream.send_all(conn.send(h11.Data(data=data)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-
-    async def _open_sse(self, conn: h11.Connection, stream: trio.SocketStream) -> _Sse:
-        headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-                   ("x-tt-logid", self._logid())]
-        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
-        return _Sse(conn, stream)
+        await handler(ex, record)
 
     def _logid(self) -> str:
         return time.strftime("%Y%m%d%H%M%S", time.gmtime(self.wall_clock())) + secrets.token_hex(10).upper()
@@ -329,36 +266,37 @@ class FakeCoze:
     def _new_id(self) -> str:
         return str(next(self._ids))
 
-    async def _create_conversation(self, conn: h11.Connection, stream: trio.SocketStream, record: RecordedRequest) -> None:
+    async def _create_conversation(self, ex: Exchange, record: RecordedRequest) -> None:
         body = record.body if isinstance(record.body, dict) else {}
         conversation = FakeConversation(self._new_id(), str(body.get("bot_id") or ""))
         self.conversations[conversation.id] = conversation
         data = {"id": conversation.id, "created_at": int(self.wall_clock()), "meta_data": body.get("meta_data") or {},
                 "last_section_id": conversation.id}
-        await self._json(conn, stream, 200, {"code": 0, "msg": "", "data": data})
+        await ex.json(200, {"code": 0, "msg": "", "data": data})
 
-    async def _chat(self, conn: h11.Connection, stream: trio.SocketStream, record: RecordedRequest) -> None:
+    async def _chat(self, ex: Exchange, record: RecordedRequest) -> None:
         body = record.body if isinstance(record.body, dict) else {}
         messages = body.get("additional_messages")
-        question = messages[-1].get("content") if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else None
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        question = last.get("content") if isinstance(last, dict) else None
         if not (isinstance(body.get("bot_id"), str) and body.get("user_id") and body.get("stream") is True
                 and isinstance(question, str) and question):
-            await self._json(conn, stream, 200, {"code": 4000, "msg": "invalid parameter: bot_id, user_id, stream "
+            await ex.json(200, {"code": 4000, "msg": "invalid parameter: bot_id, user_id, stream "
                                                  "and a user message are required"})
             return
         if body["bot_id"] not in self.bot_ids:
-            await self._json(conn, stream, 200, {"code": 4015, "msg": f"the bot {body['bot_id']} has not been "
+            await ex.json(200, {"code": 4015, "msg": f"the bot {body['bot_id']} has not been "
                                                  "published to the Agent as API channel"})
             return
         conversation = self.conversations.get(record.query.get("conversation_id", ""))
         if conversation is None:
             if record.query.get("conversation_id"):
-                await self._json(conn, stream, 200, {"code": 4002, "msg": "conversation not found"})
+                await ex.json(200, {"code": 4002, "msg": "conversation not found"})
                 return
             conversation = FakeConversation(self._new_id(), body["bot_id"])
             self.conversations[conversation.id] = conversation
         if conversation.running is not None:
-            await self._json(conn, stream, 200, {"code": 4016, "msg": "conversation occupied: another chat is "
+            await ex.json(200, {"code": 4016, "msg": "conversation occupied: another chat is "
                                                  "in progress in this conversation, try again later"})
             return
         chat = FakeChat(self._new_id(), conversation.id, body["bot_id"], str(body["user_id"]), question,
@@ -366,36 +304,39 @@ class FakeCoze:
         chat.rule = next((r for r in self.tool_rules if r.trigger in question), None)
         conversation.running = chat
         self.chats[chat.id] = chat
-        await self._play(chat, await self._open_sse(conn, stream), self._take_fault("/v3/chat", (ErrorEvent, ChatFailure, Drop, Stall)))
+        await ex.open_sse()
+        await self._play(chat, ex, self._take_fault(record.path, (ErrorEvent, ChatFailure, Drop, Stall)))
 
-    async def _cancel(self, conn: h11.Connection, stream: trio.SocketStream, record: RecordedRequest) -> None:
+    async def _cancel(self, ex: Exchange, record: RecordedRequest) -> None:
         body = record.body if isinstance(record.body, dict) else {}
         chat = self.chats.get(str(body.get("chat_id")))
         if chat is None or chat.conversation_id != body.get("conversation_id"):
-            await self._json(conn, stream, 200, {"code": 4001, "msg": "chat not found in this conversation"})
+            await ex.json(200, {"code": 4001, "msg": "chat not found in this conversation"})
             return
         if chat.status in ("completed", "failed", "canceled"):
-            await self._json(conn, stream, 200, {"code": 4104, "msg": f"the chat is {chat.status} and cannot be cancelled"})
+            await ex.json(200, {"code": 4104, "msg": f"the chat is {chat.status} and cannot be cancelled"})
             return
         self._finish(chat, "canceled")
         chat.cancelled.set()
-        await self._json(conn, stream, 200, {"code": 0, "msg": "", "data": self._chat_object(chat)})
+        await ex.json(200, {"code": 0, "msg": "", "data": self._chat_object(chat)})
 
-    async def _submit_tool_outputs(self, conn: h11.Connection, stream: trio.SocketStream, record: RecordedRequest) -> None:
+    async def _submit_tool_outputs(self, ex: Exchange, record: RecordedRequest) -> None:
         body = record.body if isinstance(record.body, dict) else {}
         chat = self.chats.get(record.query.get("chat_id", ""))
         outputs = body.get("tool_outputs")
         if chat is None or chat.conversation_id != record.query.get("conversation_id") or chat.status != "requires_action":
-            await self._json(conn, stream, 200, {"code": 4001, "msg": "no chat waiting for tool outputs"})
+            await ex.json(200, {"code": 4001, "msg": "no chat waiting for tool outputs"})
             return
-        if not (isinstance(outputs, list) and [o.get("tool_call_id") for o in outputs if isinstance(o, dict)] == [chat.tool_call_id]
+        answered = [o.get("tool_call_id") for o in outputs if isinstance(o, dict)] if isinstance(outputs, list) else []
+        if not (isinstance(outputs, list) and answered == [chat.tool_call_id]
                 and isinstance(outputs[0].get("output"), str) and body.get("stream") is True):
-            await self._json(conn, stream, 200, {"code": 4000, "msg": "invalid parameter: tool_outputs must answer "
+            await ex.json(200, {"code": 4000, "msg": "invalid parameter: tool_outputs must answer "
                                                  "every tool call, with stream true"})
             return
         chat.tool_output = outputs[0]["output"]
         chat.status = "in_progress"
-        await self._play(chat, await self._open_sse(conn, stream), self._take_fault(record.path, (ErrorEvent, ChatFailure, Drop, Stall)))
+        await ex.open_sse()
+        await self._play(chat, ex, self._take_fault(record.path, (ErrorEvent, ChatFailure, Drop, Stall)))
 
     def _finish(self, chat: FakeChat, status: str, answer: str | None = None) -> None:
         chat.status = status
@@ -407,20 +348,16 @@ class FakeCoze:
 
     # ---- the chat's script -------------------------------------------------------------------
 
-    async def _play(self, chat: FakeChat, out: _Sse, fault: Fault | None) -> None:
+    async def _play(self, chat: FakeChat, out: Exchange, fault: Fault | None) -> None:
         try:
             await self._script(chat, out, fault)
         except _Stop:
             pass
-        except _Drop:
+        except Abort:
             self._finish(chat, "failed")
             raise
-        if out.connected:
-            await out.raw(b'event:done\ndata:"[DONE]"\n\n')
-            try:
-                await out.stream.send_all(out.conn.send(h11.EndOfMessage()))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        await out.raw(b'event:done\ndata:"[DONE]"\n\n')
+        await out.end()
 
     async def _pause(self, chat: FakeChat, seconds: float) -> None:
         with trio.move_on_after(seconds):
@@ -428,7 +365,7 @@ class FakeCoze:
         if chat.cancelled.is_set():
             raise _Stop
 
-    async def _script(self, chat: FakeChat, out: _Sse, fault: Fault | None) -> None:
+    async def _script(self, chat: FakeChat, out: Exchange, fault: Fault | None) -> None:
         conversation = self.conversations[chat.conversation_id]
         if chat.tool_output is None:
             await out.event("conversation.chat.created", self._chat_object(chat))
@@ -444,8 +381,9 @@ class FakeCoze:
             chat.tool_call_id = self._new_id()
             call = {"id": chat.tool_call_id, "type": "function",
                     "function": {"name": rule.function, "arguments": json.dumps(rule.arguments, ensure_ascii=False)}}
-            await out.event("conversation.message.delta", self._message(chat, "function_call", json.dumps(call["function"], ensure_ascii=False)))
-            await out.event("conversation.message.completed", self._message(chat, "function_call", json.dumps(call["function"], ensure_ascii=False)))
+            function = json.dumps(call["function"], ensure_ascii=False)
+            await out.event("conversation.message.delta", self._message(chat, "function_call", function))
+            await out.event("conversation.message.completed", self._message(chat, "function_call", function))
             chat.status = "requires_action"
             action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [call]}}
             await out.event("conversation.chat.requires_action", self._chat_object(chat, required_action=action))
@@ -465,31 +403,33 @@ class FakeCoze:
             if index:
                 await self._pause(chat, self.delta_interval)
             await out.event("conversation.message.delta", self._message(chat, "answer", pieces[index], message_id))
+            chat.answer_sent_at.append(trio.current_time())
         await out.event("conversation.message.completed", self._message(chat, "answer", answer, message_id))
         finish = {"msg_type": "generate_answer_finish", "data": '{"finish_reason":0,"FinData":""}',
                   "from_module": None, "from_unit": None}
-        await out.event("conversation.message.completed", self._message(chat, "verbose", json.dumps(finish, separators=(",", ":"))))
+        verbose = json.dumps(finish, separators=(",", ":"))
+        await out.event("conversation.message.completed", self._message(chat, "verbose", verbose))
         for question in self.follow_ups:
             await out.event("conversation.message.completed", self._message(chat, "follow_up", question))
         self._finish(chat, "completed", answer)
         usage = {"token_count": 600 + len(answer), "output_count": len(answer), "input_count": 600}
         await out.event("conversation.chat.completed", self._chat_object(chat, usage=usage))
 
-    async def _fault(self, chat: FakeChat, out: _Sse, fault: Fault) -> None:
+    async def _fault(self, chat: FakeChat, out: Exchange, fault: Fault) -> None:
         if isinstance(fault, Drop):
-            raise _Drop
+            raise Abort
         if isinstance(fault, Stall):
             await chat.cancelled.wait()
             raise _Stop
         if isinstance(fault, ErrorEvent):
             self._finish(chat, "failed")
             await out.event("error", {"code": fault.code, "msg": fault.msg})
-            out.connected = False  # an error event ends the stream: no done
-            await out.stream.send_all(out.conn.send(h11.EndOfMessage()))
+            await out.end()  # an error event ends the stream: no done
             raise _Stop
         if isinstance(fault, ChatFailure):
             self._finish(chat, "failed")
-            await out.event("conversation.chat.failed", self._chat_object(chat, last_error={"code": fault.code, "msg": fault.msg}))
+            error = {"code": fault.code, "msg": fault.msg}
+            await out.event("conversation.chat.failed", self._chat_object(chat, last_error=error))
             raise _Stop
 
     def _pieces(self, text: str) -> list[str]:
