@@ -28,6 +28,8 @@ _RECEIVE_BYTES = 16 * 1024
 _FILE_CHUNK = 64 * 1024
 _SERVER = f"xiaozhi-trio/{__version__}".encode()
 _KNOWN_STATUSES = {s.value for s in http.HTTPStatus}
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,12 @@ class _Connection:
             if isinstance(event, h11.ConnectionClosed):
                 return None
             assert isinstance(event, h11.Request)
+            if event.http_version not in (b"1.0", b"1.1"):
+                return error_response(505, f"HTTP/{event.http_version.decode('latin-1')} is not supported; use HTTP/1.1")
+            # h11 bounds only heads still incomplete; one that arrived whole in a read is checked here.
+            head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+            if head_size > self.limits.max_header_bytes:
+                return error_response(431, f"request head over {self.limits.max_header_bytes} bytes")
             length = _content_length(event.headers)
             if length is not None and length > self.limits.max_body_bytes:
                 return error_response(413, f"request body over {self.limits.max_body_bytes} bytes")
@@ -209,6 +217,20 @@ def _request(event: h11.Request, body: bytes, client: tuple[str, int] | None, lo
     return Request(event.method.decode("ascii", "replace").upper(), target.path, query, headers, body, client, local)
 
 
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After refusing a request, let the client read the answer before the socket closes.
+
+    Closing with unread input makes the kernel send a reset, which can destroy the error response
+    before the client reads it; so send FIN first and drain (bounded in time and bytes).
+    """
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    with trio.move_on_after(_LINGER_SECONDS):
+        drained = 0
+        while drained < _LINGER_BYTES and (chunk := await stream.receive_some(_RECEIVE_BYTES)):
+            drained += len(chunk)
+
+
 def _address(stream: trio.abc.Stream, peer: bool) -> tuple[str, int] | None:
     sock = getattr(stream, "socket", None)
     if sock is None:
@@ -239,6 +261,7 @@ async def serve_connection(
                     on_reject(request.status)
                 log.info("http %s: %d %s", connection.client and connection.client[0], request.status, request.body.decode())
                 await connection.respond(request, method)
+                await _linger(stream)
                 break
             try:
                 response = await handler(request)
@@ -281,9 +304,10 @@ async def serve(
         if counter.open >= limits.max_connections:
             if on_reject is not None:
                 on_reject(503)
-            with trio.move_on_after(1):
+            with trio.move_on_after(_LINGER_SECONDS):
                 try:
                     await stream.send_all(_BUSY)
+                    await _linger(stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             await trio.aclose_forcefully(stream)
