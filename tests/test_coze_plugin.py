@@ -319,6 +319,16 @@ async def test_barge_in_before_the_first_token(fake: FakeCoze, make_agent: Agent
     assert await ask(agent, "again") == fake.answer
 
 
+async def test_barge_in_waits_for_a_silent_chat_request_at_most_cancel_timeout(
+        fake: FakeCoze, make_agent: AgentFactory, autojump_clock: trio.testing.MockClock) -> None:
+    fake.inject(Hang("/v3/chat"))
+    agent = make_agent(cancel_timeout=3)
+    start = trio.current_time()
+    assert await barge_in(agent, "hi", after_seconds=1.0) == []
+    assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
+    assert await ask(agent, "again") == fake.answer
+
+
 async def test_cancel_is_bounded_in_time(fake: FakeCoze, make_agent: AgentFactory,
                                          autojump_clock: trio.testing.MockClock) -> None:
     fake.delta_interval = 0.5

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,11 @@ AGENT_KEY = "coze"
 CONVERSATION_NOT_FOUND = 4002
 #: Tool rounds one turn may take before the bot is considered stuck in a loop.
 MAX_TOOL_ROUNDS = 5
+
+
+async def _unshield_after(scope: trio.CancelScope, seconds: float) -> None:
+    await trio.sleep(seconds)
+    scope.shield = False
 
 
 def user_id_for(device_id: str) -> str:
@@ -180,16 +186,23 @@ class CozeAgent:
                     send: trio.MemorySendChannel[AgentText]) -> None:
         wait = self.settings.first_token_timeout
         try:
-            # Until the chat id is known, a barge-in waits: without the id the chat cannot be
-            # cancelled, and the conversation would stay busy for the next turn. The scope's
-            # deadline is the first-token limit; the first answer delta lifts it.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + wait) as waiting:
-                async with self.client.chat(conversation_id=turn.conversation_id, bot_id=self.settings.bot_id,
-                                            user_id=state.get("user_id") or user_id_for(request.device_id),
-                                            text=request.text,
-                                            custom_variables=self.settings.custom_variables) as stream:
-                    turn.logid = stream.logid
-                    turn.chat_id = await stream.chat_id()
+            async with AsyncExitStack() as stack:
+                # Until the chat id is known a barge-in waits, for at most cancel_timeout: without
+                # the id the chat cannot be cancelled, and the conversation would stay busy for the
+                # next turn. The scope's deadline is the first-token limit; the first delta lifts it.
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + wait) as waiting:
+                    try:
+                        async with trio.open_nursery() as opening:
+                            opening.start_soon(_unshield_after, waiting, self.settings.cancel_timeout)
+                            stream = await stack.enter_async_context(self.client.chat(
+                                conversation_id=turn.conversation_id, bot_id=self.settings.bot_id,
+                                user_id=state.get("user_id") or user_id_for(request.device_id), text=request.text,
+                                custom_variables=self.settings.custom_variables))
+                            turn.logid = stream.logid
+                            turn.chat_id = await stream.chat_id()
+                            opening.cancel_scope.cancel()
+                    except* BackendError as group:
+                        raise group.exceptions[0] from None  # the opening is the only task that raises
                     if turn.chat_id and turn.chat_id != state.get("chat_id"):
                         await self._remember_chat(request.device_id, state, turn.chat_id)
                     waiting.shield = False  # from here on a barge-in cancels at once
