@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xiaozhi_trio.pipeline.text.cleanup import MarkdownCleaner, clean_text, collapse_whitespace
+from xiaozhi_trio.pipeline.text.cleanup import MarkdownCleaner, clean_text, tidy_whitespace
 from xiaozhi_trio.pipeline.text.emotions import (
     EMOJI_EMOTIONS,
     EMOTIONS,
@@ -58,7 +58,7 @@ def test_clean_text_has_no_markup_or_emoji_left(text: str) -> None:
     assert not set(clean) & set("*_`#\\\r😊❤👍→•\ufe0f")
     assert "https://" not in clean and "http://" not in clean
     for line in clean.split("\n") if clean else []:
-        assert line and line == collapse_whitespace(line)
+        assert line and line == tidy_whitespace(line)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +92,12 @@ def test_clean_text_has_no_markup_or_emoji_left(text: str) -> None:
 )
 def test_examples(text: str, expected: str) -> None:
     assert clean_text(text) == expected
+
+
+@pytest.mark.parametrize("text", ["+  x", "-  x", "1.  x", ">  x"])
+def test_spaces_after_a_marker_do_not_depend_on_chunking(text: str) -> None:
+    outputs = {feed_in_pieces(text, [cut]) for cut in range(len(text) + 1)}
+    assert len(outputs) == 1 and outputs.pop().strip() == "x"
 
 
 def test_a_url_split_across_deltas_is_still_shortened() -> None:

@@ -15,7 +15,7 @@ splitter can work on clean text while the reply is still arriving:
 * emoji, pictographs, arrows, shapes, box drawing, joiners, variation selectors, private-use and
   control characters are removed.
 
-Newlines are kept (they end sentences); other whitespace is left for :func:`collapse_whitespace`.
+Newlines are kept (they end sentences); other whitespace is left for :func:`tidy_whitespace`.
 Every decision is taken only once the text it depends on has arrived (at most the rest of the
 current line), so the output never depends on how the input was cut into deltas.
 """
@@ -64,8 +64,8 @@ _LINK_PARTIAL = re.compile(r"\[[^\[\]\n]{0,300}(?:\](?:\([^()\s]{0,2000})?)?\Z")
 _PLAIN = re.compile(f"[^{_UNSPEAKABLE}*_`#\\\\\\[hHwW|\n]*")
 
 # Line prefixes.
-_BULLET = re.compile(r"[-*+][ \t]+")
-_ORDERED = re.compile(r"\d{1,3}[.)][ \t]+")
+_BULLET = re.compile(r"[-*+][ \t]")
+_ORDERED = re.compile(r"\d{1,3}[.)][ \t]")
 _ORDERED_PARTIAL = re.compile(r"\d{1,3}[.)]?")
 _RULE_CHARS = re.compile(r"[-*_ \t]*")
 _TABLE_RULE_CHARS = re.compile(r"[|:\- \t]*")
@@ -252,17 +252,21 @@ class MarkdownCleaner:
         return _Line.DROP
 
 
-def collapse_whitespace(text: str) -> str:
-    """Runs of whitespace (newlines included) become one space; no space at either end."""
-    return " ".join(text.split())
+_SPACE_BEFORE_PUNCT = re.compile(r" (?=[,.!?;:%，。！？；：、…)\]}”’」』）】》])")
+
+
+def tidy_whitespace(text: str) -> str:
+    """Runs of whitespace (newlines included) become one space; none at either end or before
+    closing punctuation (left behind by a removed emoji: "Hi 😊." → "Hi.")."""
+    return _SPACE_BEFORE_PUNCT.sub("", " ".join(text.split()))
 
 
 def clean_text(text: str) -> str:
     """Clean a whole text at once: one line per non-empty line, whitespace collapsed.
 
-    The same as feeding ``text`` to a :class:`MarkdownCleaner` and flushing, then collapsing the
+    The same as feeding ``text`` to a :class:`MarkdownCleaner` and flushing, then tidying the
     whitespace of each line.
     """
     cleaner = MarkdownCleaner()
     raw = cleaner.feed(text) + cleaner.flush()
-    return "\n".join(line for line in map(collapse_whitespace, raw.split("\n")) if line)
+    return "\n".join(line for line in map(tidy_whitespace, raw.split("\n")) if line)

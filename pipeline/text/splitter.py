@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 
 from ..messages import Emotion, Sentence
-from .cleanup import MarkdownCleaner, collapse_whitespace
+from .cleanup import MarkdownCleaner, tidy_whitespace
 from .emotions import LeadingEmotion
 
 _STRONG_ENDS = "。！？；｡"  # CJK sentence ends: a boundary whatever follows
@@ -46,7 +46,7 @@ _LAST_SPACE = re.compile(r".*\S(\s)", re.DOTALL)
 _LIST_NUMBER = re.compile(r"\s*\d+\Z")
 _WORD_BEFORE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z.]*\Z")
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_LATIN_WORD = re.compile(r"[A-Za-z0-9\u00c0-\u024f]+(?:['’][A-Za-z]+)*")
+_LATIN_WORD = re.compile(r"[A-Za-z0-9\u00c0-\u024f]+(?:['’.,:][A-Za-z0-9]+)*")  # it's, 3.14, 10:30
 
 #: Words after which a period never ends a sentence: titles and "for example" abbreviations,
 #: all followed by what they introduce. Others (``etc.``, ``U.S.``) end one unless a lowercase
@@ -169,7 +169,7 @@ class SentenceSplitter:
         punct = buf[at:end]
         if any(p in _STRONG_ENDS for p in punct):
             return True, end
-        if after and not after.isspace() and after.isascii():
+        if after and not after.isspace() and after.isascii() and (at == 0 or buf[at - 1].isascii()):
             return False, end  # glued to what follows: 3.14, example.com, ?q=1, wait...what
         if "!" in punct or "?" in punct:
             return True, end
@@ -200,7 +200,7 @@ class SentenceSplitter:
         return units2 >= self._min_units2
 
     def _emit(self, items: list[Sentence | Emotion], raw: str) -> None:
-        text = collapse_whitespace(raw)
+        text = tidy_whitespace(raw)
         if _SPEAKABLE.search(text):
             items.append(Sentence(text))
             self._first = False
