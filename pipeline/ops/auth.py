@@ -164,7 +164,7 @@ def _bearer(authorization: str | None) -> str | None:
         return None
     value = authorization.strip()
     scheme, _, rest = value.partition(" ")
-    if rest and scheme.lower() == "bearer":
+    if scheme.lower() == "bearer":
         value = rest.strip()
     return value or None
 
