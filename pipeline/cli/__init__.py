@@ -23,6 +23,7 @@ COMMANDS = [
     "talk",
     "models",
     "speech",
+    "devices",
 ]
 
 
