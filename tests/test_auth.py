@@ -221,6 +221,13 @@ async def test_allow_list(tmp_path) -> None:
     services.close()
 
 
+async def test_refuse_reason_is_none_when_accepted(tmp_path) -> None:
+    services, device = await bound_services(tmp_path)
+    assert await services.auth.refuse_reason(MAC, UUID, services.auth.issue(device)) is None
+    assert "no token" in await services.auth.refuse_reason(MAC, UUID, None)
+    services.close()
+
+
 async def test_auth_disabled_accepts_anyone(tmp_path) -> None:
     services = make_services(tmp_path, {"auth": {"enabled": False}})
     decision = await services.auth.check("anyone", "", None)

@@ -233,3 +233,8 @@ class AuthPolicy:
         if device.token_generation != claims.generation:
             return AuthDecision(False, "token was revoked")
         return AuthDecision(True, "token valid")
+
+    async def refuse_reason(self, device_id: str, client_id: str, authorization: str | None) -> str | None:
+        """``check`` in the shape of the WebSocket server's authorizer: None to accept, else why not."""
+        decision = await self.check(device_id, client_id, authorization)
+        return None if decision.ok else decision.reason
