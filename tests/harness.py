@@ -145,3 +145,4 @@ async def open_device(
             with trio.move_on_after(30):
                 await served.wait()
             nursery.cancel_scope.cancel()
+        assert served.is_set(), "the session's tasks did not end after the device went away"
