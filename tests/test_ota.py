@@ -294,3 +294,20 @@ async def test_check_in_counts_in_metrics(tmp_path) -> None:
             await device(client, base).check_version()
             assert services.metrics.ota_check_ins.get(state="activating") == 1
             assert services.metrics.http_requests.get(route="ota", status="200") == 1
+
+
+def test_documented_ops_config_is_valid_complete_and_shows_the_defaults() -> None:
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from xiaozhi_trio.pipeline.config import parse_config
+    from xiaozhi_trio.pipeline.ops.services import OpsConfig
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "config-ops.toml"
+    text = path.read_text()
+    documented = OpsConfig.from_config(parse_config(tomllib.loads(text)))
+    assert documented == OpsConfig()
+    for table in dataclasses.fields(OpsConfig):
+        for key in dataclasses.fields(getattr(OpsConfig(), table.name)):
+            assert re.search(rf"^#? ?{key.name} = ", text, re.MULTILINE), f"[{table.name}] {key.name} is not documented"
