@@ -248,9 +248,9 @@ class FakeOpenAI:
         if reply.done:
             events.append(b"data: [DONE]" + reply.newline + reply.newline)
         finished = False
-        async with trio.open_nursery() as nursery:
-            # While streaming, the client sends nothing: EOF on the socket means it hung up.
-            nursery.start_soon(self._watch_for_hang_up, conn, stream, nursery.cancel_scope)
+
+        async def send_events() -> None:
+            nonlocal finished
             for index, event in enumerate(events):
                 if reply.gate is not None and index == reply.gate_at:
                     await reply.gate.wait()
@@ -265,6 +265,14 @@ class FakeOpenAI:
             if not reply.drop:
                 await stream.send_all(conn.send(h11.EndOfMessage()))
             finished = True
+
+        async with trio.open_nursery() as nursery:
+            # While streaming, the client sends nothing: EOF on the socket means it hung up.
+            nursery.start_soon(self._watch_for_hang_up, conn, stream, nursery.cancel_scope)
+            try:
+                await send_events()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client hung up (reset) while we were sending
             nursery.cancel_scope.cancel()
         if not finished:
             self._client_hung_up()
