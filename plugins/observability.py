@@ -1,22 +1,16 @@
-"""Built-in plugin: the session log. One line per session milestone, and one per turn with its
-per-stage latencies, written through ``logging`` (so in logfmt or JSON with device and session ids).
+"""Built-in plugin: one log line per turn with its per-stage latencies (end of speech → transcript →
+first agent text → first sentence → first audio), written through ``logging``, so in logfmt or JSON
+with the device and session ids. Sessions log their own opening, closing and errors.
 
 It observes ``xiaozhi_session_event`` exactly as a third-party exporter would; block it like any
-plugin to silence it. What users say stays at DEBUG level.
+plugin to silence it. What users say and token counts go to DEBUG only.
 """
 
 from __future__ import annotations
 
 import logging
 
-from xiaozhi_trio.pipeline.events import (
-    AgentUsage,
-    SessionClosed,
-    SessionError,
-    SessionEvent,
-    SessionOpened,
-    TranscriptReady,
-)
+from xiaozhi_trio.pipeline.events import AgentUsage, SessionEvent, TranscriptReady
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.ops.turns import RESPONSE, STAGES, TurnSummary, TurnTimer
 
@@ -39,12 +33,6 @@ class SessionLogger:
     def observe(self, event: SessionEvent) -> None:
         ids = {"device": event.device_id, "session": event.session_id}
         match event:
-            case SessionOpened():
-                log.info("session opened (protocol %d)", event.protocol_version, extra={**ids, "client": event.client_id})
-            case SessionClosed():
-                log.info("session closed: %s", event.reason, extra=ids)
-            case SessionError():
-                log.warning("%s error: %s", event.kind, event.message, extra={**ids, "kind": event.kind})
             case TranscriptReady():
                 log.debug("heard %r", event.text, extra=ids)
             case AgentUsage():

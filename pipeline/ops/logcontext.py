@@ -26,7 +26,7 @@ device_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("xiao
 session_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("xiaozhi_session_id", default=None)
 
 #: Attributes every LogRecord has; anything else on a record came in through ``extra=``.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "device", "session"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "device", "session", "device_id", "session_id"}
 
 
 @contextlib.contextmanager
@@ -45,10 +45,11 @@ class SessionContextFilter(logging.Filter):
     """Sets ``record.device`` and ``record.session`` from the context (an explicit ``extra`` wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # ``device_id``/``session_id`` extras (a session's LoggerAdapter) count as explicit too.
         if getattr(record, "device", None) is None:
-            record.device = device_id_var.get()
+            record.device = getattr(record, "device_id", None) or device_id_var.get()
         if getattr(record, "session", None) is None:
-            record.session = session_id_var.get()
+            record.session = getattr(record, "session_id", None) or session_id_var.get()
         return True
 
 
