@@ -8,12 +8,18 @@ import os
 import stat
 
 import pytest
-
-from tests.fakes.ops_server import WallClock, make_services
 from xiaozhi_trio.pipeline.backends import ConfigError
-from xiaozhi_trio.pipeline.ops.auth import AuthConfig, TokenClaims, TokenError, TokenSigner, load_secret
+from xiaozhi_trio.pipeline.ops.auth import (
+    AuthConfig,
+    TokenClaims,
+    TokenError,
+    TokenSigner,
+    load_secret,
+)
 from xiaozhi_trio.pipeline.ops.settings import parse_table
 from xiaozhi_trio.pipeline.store.devices import CheckIn
+
+from tests.fakes.ops_server import WallClock, make_services
 
 MAC = "a4:cf:12:34:56:78"
 UUID = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"

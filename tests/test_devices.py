@@ -8,13 +8,13 @@ import time
 
 import pytest
 import trio
-
-from tests.fakes.ops_server import WallClock
 from xiaozhi_trio.pipeline.backends import ConfigError
 from xiaozhi_trio.pipeline.cli import main
 from xiaozhi_trio.pipeline.ops.settings import parse_table
 from xiaozhi_trio.pipeline.store.devices import CheckIn, DeviceRegistry, DevicesConfig
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE, open_database
+
+from tests.fakes.ops_server import WallClock
 
 MAC = "a4:cf:12:34:56:78"
 UUID = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"

@@ -12,10 +12,17 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from xiaozhi_trio.pipeline.ops.h11server import (
+    HttpLimits,
+    Request,
+    Response,
+    error_response,
+    serve,
+    serve_connection,
+)
 
 from tests.fakes.firmware_ota import FirmwareOta
 from tests.fakes.ops_server import running_ops
-from xiaozhi_trio.pipeline.ops.h11server import HttpLimits, Request, Response, error_response, serve, serve_connection
 
 MAC = "a4:cf:12:34:56:78"
 
@@ -85,33 +92,31 @@ async def assert_still_serving(client: httpx.AsyncClient, base: str) -> None:
     ],
 )
 async def test_bad_check_ins_get_400_and_store_nothing(tmp_path, overrides, body, message) -> None:
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            response = await client.post(f"{base}/xiaozhi/ota/", headers=headers(**overrides), content=body)
-            assert response.status_code == 400
-            assert message in response.json()["error"]
-            assert await services.registry.list() == []
-            assert services.metrics.http_requests.get(route="ota", status="400") == 1
-            await assert_still_serving(client, base)
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        response = await client.post(f"{base}/xiaozhi/ota/", headers=headers(**overrides), content=body)
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+        assert await services.registry.list() == []
+        assert services.metrics.http_requests.get(route="ota", status="400") == 1
+        await assert_still_serving(client, base)
 
 
 async def test_bad_activation_requests(tmp_path) -> None:
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            url = f"{base}/xiaozhi/ota/activate"
-            assert (await client.post(url, headers=headers(Device_Id=None), content=b"{}")).status_code == 400
-            assert (await client.post(url, headers=headers(), content=b"{nope")).status_code == 400
-            unknown = await client.post(url, headers=headers(), content=b"{}")
-            assert unknown.status_code == 404 and "check in" in unknown.json()["error"]
-            await client.post(f"{base}/xiaozhi/ota/", headers=headers(), content=b"{}")
-            wrong_algorithm = await client.post(url, headers=headers(), content=b'{"algorithm":"md5"}')
-            assert wrong_algorithm.status_code == 400
-            not_strings = await client.post(url, headers=headers(), content=b'{"algorithm":"hmac-sha256","hmac":1}')
-            assert not_strings.status_code == 400
-            other_client = await client.post(url, headers=headers(Client_Id="someone-else"), content=b"{}")
-            assert other_client.status_code == 409
-            assert (await services.registry.get(MAC)).state == "pending"
-            await assert_still_serving(client, base)
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        url = f"{base}/xiaozhi/ota/activate"
+        assert (await client.post(url, headers=headers(Device_Id=None), content=b"{}")).status_code == 400
+        assert (await client.post(url, headers=headers(), content=b"{nope")).status_code == 400
+        unknown = await client.post(url, headers=headers(), content=b"{}")
+        assert unknown.status_code == 404 and "check in" in unknown.json()["error"]
+        await client.post(f"{base}/xiaozhi/ota/", headers=headers(), content=b"{}")
+        wrong_algorithm = await client.post(url, headers=headers(), content=b'{"algorithm":"md5"}')
+        assert wrong_algorithm.status_code == 400
+        not_strings = await client.post(url, headers=headers(), content=b'{"algorithm":"hmac-sha256","hmac":1}')
+        assert not_strings.status_code == 400
+        other_client = await client.post(url, headers=headers(Client_Id="someone-else"), content=b"{}")
+        assert other_client.status_code == 409
+        assert (await services.registry.get(MAC)).state == "pending"
+        await assert_still_serving(client, base)
 
 
 async def test_huge_bodies_get_413_without_being_read(tmp_path) -> None:
@@ -150,18 +155,17 @@ async def test_oversized_heads_get_431_and_garbage_gets_400(tmp_path) -> None:
 
 
 async def test_wrong_methods_get_405_with_allow_and_unknown_paths_404(tmp_path) -> None:
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            for method, path, allow in [("PUT", "/xiaozhi/ota/", "GET, HEAD, POST"), ("DELETE", "/xiaozhi/ota", "GET, HEAD, POST"),
-                                        ("GET", "/xiaozhi/ota/activate", "POST"), ("POST", "/healthz", "GET, HEAD"),
-                                        ("POST", "/metrics", "GET, HEAD"), ("PATCH", "/xiaozhi/ota/firmware/b/1.bin", "GET, HEAD")]:
-                response = await client.request(method, f"{base}{path}", headers=headers())
-                assert response.status_code == 405, (method, path)
-                assert response.headers["allow"] == allow and method in response.json()["error"]
-            for path in ["/", "/xiaozhi/v1/", "/admin", "/healthz/extra", "/%00"]:
-                response = await client.get(f"{base}{path}")
-                assert response.status_code == 404 and "error" in response.json()
-            assert await services.registry.list() == []
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        for method, path, allow in [("PUT", "/xiaozhi/ota/", "GET, HEAD, POST"), ("DELETE", "/xiaozhi/ota", "GET, HEAD, POST"),
+                                    ("GET", "/xiaozhi/ota/activate", "POST"), ("POST", "/healthz", "GET, HEAD"),
+                                    ("POST", "/metrics", "GET, HEAD"), ("PATCH", "/xiaozhi/ota/firmware/b/1.bin", "GET, HEAD")]:
+            response = await client.request(method, f"{base}{path}", headers=headers())
+            assert response.status_code == 405, (method, path)
+            assert response.headers["allow"] == allow and method in response.json()["error"]
+        for path in ["/", "/xiaozhi/v1/", "/admin", "/healthz/extra", "/%00"]:
+            response = await client.get(f"{base}{path}")
+            assert response.status_code == 404 and "error" in response.json()
+        assert await services.registry.list() == []
 
 
 async def test_firmware_downloads_are_safe_against_path_traversal(tmp_path) -> None:

@@ -10,10 +10,10 @@ import re
 
 import httpx
 import pytest
+from xiaozhi_trio.pipeline.ops.ota import local_timezone_offset
 
 from tests.fakes.firmware_ota import FirmwareOta
 from tests.fakes.ops_server import WallClock, running_ops
-from xiaozhi_trio.pipeline.ops.ota import local_timezone_offset
 
 MAC = "a4:cf:12:34:56:78"
 KEY = bytes(range(32))
@@ -30,81 +30,77 @@ def device(client: httpx.AsyncClient, base: str, **kwargs) -> FirmwareOta:
 
 async def test_first_check_in_reply_has_exactly_what_the_firmware_reads(tmp_path) -> None:
     clock = WallClock(1_786_000_000.25)
-    async with running_ops(tmp_path, {"ota": {"timezone_offset": 480}}, clock=clock) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            assert await dev.check_version() == 0
-            reply = dev.last_reply
-            assert set(reply) == {"websocket", "server_time", "activation"}  # never mqtt, no firmware
-            assert reply["websocket"] == {"url": "ws://127.0.0.1:8000/xiaozhi/v1/", "token": "", "version": 1}
-            assert reply["server_time"] == {"timestamp": 1_786_000_000_250, "timezone_offset": 480}
-            activation = reply["activation"]
-            assert re.fullmatch(r"\d{6}", activation["code"])
-            assert activation["code"] in activation["message"]
-            assert re.fullmatch(r"[0-9a-f]{32}", activation["challenge"])
-            assert activation["timeout_ms"] == 60 * 60 * 1000
-            assert dev.has_websocket_config and not dev.has_mqtt_config and dev.has_server_time
-            assert dev.settings == {"url": "ws://127.0.0.1:8000/xiaozhi/v1/", "token": "", "version": 1}
-            assert dev.server_time_ms == 1_786_000_000_250 + 480 * 60_000
+    async with running_ops(tmp_path, {"ota": {"timezone_offset": 480}}, clock=clock) as (services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        assert await dev.check_version() == 0
+        reply = dev.last_reply
+        assert set(reply) == {"websocket", "server_time", "activation"}  # never mqtt, no firmware
+        assert reply["websocket"] == {"url": "ws://127.0.0.1:8000/xiaozhi/v1/", "token": "", "version": 1}
+        assert reply["server_time"] == {"timestamp": 1_786_000_000_250, "timezone_offset": 480}
+        activation = reply["activation"]
+        assert re.fullmatch(r"\d{6}", activation["code"])
+        assert activation["code"] in activation["message"]
+        assert re.fullmatch(r"[0-9a-f]{32}", activation["challenge"])
+        assert activation["timeout_ms"] == 60 * 60 * 1000
+        assert dev.has_websocket_config and not dev.has_mqtt_config and dev.has_server_time
+        assert dev.settings == {"url": "ws://127.0.0.1:8000/xiaozhi/v1/", "token": "", "version": 1}
+        assert dev.server_time_ms == 1_786_000_000_250 + 480 * 60_000
 
-            record = await services.registry.get(MAC.upper())
-            assert record is not None
-            assert (record.client_id, record.board, record.board_type, record.firmware_version) == (
-                dev.uuid, "bread-compact-wifi", "bread-compact-wifi", "2.0.3")
-            assert (record.language, record.address, record.activation_version) == ("zh-CN", "127.0.0.1", 1)
-            assert record.state == "pending" and not record.bound
+        record = await services.registry.get(MAC.upper())
+        assert record is not None
+        assert (record.client_id, record.board, record.board_type, record.firmware_version) == (
+            dev.uuid, "bread-compact-wifi", "bread-compact-wifi", "2.0.3")
+        assert (record.language, record.address, record.activation_version) == ("zh-CN", "127.0.0.1", 1)
+        assert record.state == "pending" and not record.bound
 
 
 async def test_activation_loop_202_until_the_owner_binds_then_200(tmp_path) -> None:
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            waits = 0
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        waits = 0
 
-            async def owner(result: str) -> None:
-                nonlocal waits
-                if result == "timeout":
-                    waits += 1
-                    if waits == 3:  # the owner reads the code off the screen and binds it
-                        assert await services.registry.bind_code(dev.activation_code) is not None
+        async def owner(result: str) -> None:
+            nonlocal waits
+            if result == "timeout":
+                waits += 1
+                if waits == 3:  # the owner reads the code off the screen and binds it
+                    assert await services.registry.bind_code(dev.activation_code) is not None
 
-            log = await dev.boot(on_activate_result=owner)
-            code = dev.activation_code
-            assert log == ["check:0", f"code:{code}", "activate:timeout", "activate:timeout", "activate:timeout",
-                           "activate:ok", "check:0", "done"]
-            # The token the firmware now has (it adds "Bearer " itself) opens a session.
-            token = dev.settings["token"]
-            assert token
-            decision = await services.auth.check(MAC, dev.uuid, f"Bearer {token}")
-            assert decision.ok, decision.reason
-            # Once bound, the reply no longer carries an activation block.
-            assert await dev.check_version() == 0 and "activation" not in dev.last_reply
+        log = await dev.boot(on_activate_result=owner)
+        code = dev.activation_code
+        assert log == ["check:0", f"code:{code}", "activate:timeout", "activate:timeout", "activate:timeout",
+                       "activate:ok", "check:0", "done"]
+        # The token the firmware now has (it adds "Bearer " itself) opens a session.
+        token = dev.settings["token"]
+        assert token
+        decision = await services.auth.check(MAC, dev.uuid, f"Bearer {token}")
+        assert decision.ok, decision.reason
+        # Once bound, the reply no longer carries an activation block.
+        assert await dev.check_version() == 0 and "activation" not in dev.last_reply
 
 
 async def test_activation_off_admits_a_new_device_at_once(tmp_path) -> None:
-    async with running_ops(tmp_path, {"devices": {"activation": False}}) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            assert await dev.boot() == ["check:0", "done"]
-            assert (await services.auth.check(MAC, dev.uuid, "Bearer " + dev.settings["token"])).ok
+    async with running_ops(tmp_path, {"devices": {"activation": False}}) as (services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        assert await dev.boot() == ["check:0", "done"]
+        assert (await services.auth.check(MAC, dev.uuid, "Bearer " + dev.settings["token"])).ok
 
 
 async def test_code_is_stable_while_valid_and_renewed_after_expiry(tmp_path) -> None:
     clock = WallClock()
-    async with running_ops(tmp_path, {"devices": {"code_ttl_minutes": 10}}, clock=clock) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            await dev.check_version()
-            first = dev.activation_code
-            clock.advance(9 * 60)
-            await dev.check_version()
-            assert dev.activation_code == first
-            assert dev.last_reply["activation"]["timeout_ms"] == 60_000
-            clock.advance(2 * 60)
-            assert await services.registry.bind_code(first) is None  # expired
-            await dev.check_version()
-            assert dev.activation_code != first
-            assert await services.registry.bind_code(dev.activation_code) is not None
+    async with running_ops(tmp_path, {"devices": {"code_ttl_minutes": 10}}, clock=clock) as (services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        await dev.check_version()
+        first = dev.activation_code
+        clock.advance(9 * 60)
+        await dev.check_version()
+        assert dev.activation_code == first
+        assert dev.last_reply["activation"]["timeout_ms"] == 60_000
+        clock.advance(2 * 60)
+        assert await services.registry.bind_code(first) is None  # expired
+        await dev.check_version()
+        assert dev.activation_code != first
+        assert await services.registry.bind_code(dev.activation_code) is not None
 
 
 async def test_serial_number_device_proves_its_key_after_the_owner_binds(tmp_path) -> None:
@@ -156,22 +152,20 @@ async def test_wrong_device_key_is_refused_and_nothing_is_bound(tmp_path) -> Non
 
 async def test_serial_number_without_provisioned_key(tmp_path) -> None:
     # Default: the owner's bind is the proof; the unverifiable hmac (here empty) is accepted.
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base, serial_number="SN7")
-            await dev.check_version()
-            await services.registry.bind_code(dev.activation_code)
-            assert await dev.activate() == "ok"
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        dev = device(client, base, serial_number="SN7")
+        await dev.check_version()
+        await services.registry.bind_code(dev.activation_code)
+        assert await dev.activate() == "ok"
     # require_device_key: refused until the key is provisioned.
-    async with running_ops(tmp_path / "strict", {"devices": {"require_device_key": True}}) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base, serial_number="SN8", hmac_key=KEY)
-            await dev.check_version()
-            await services.registry.bind_code(dev.activation_code)
-            response = await client.post(f"{base}/xiaozhi/ota/activate", headers=dev.headers(), content=dev.activation_payload())
-            assert response.status_code == 403 and "no HMAC key" in response.json()["error"]
-            await services.registry.set_key("SN8", KEY)
-            assert await dev.activate() == "ok"
+    async with running_ops(tmp_path / "strict", {"devices": {"require_device_key": True}}) as (services, base), httpx.AsyncClient() as client:
+        dev = device(client, base, serial_number="SN8", hmac_key=KEY)
+        await dev.check_version()
+        await services.registry.bind_code(dev.activation_code)
+        response = await client.post(f"{base}/xiaozhi/ota/activate", headers=dev.headers(), content=dev.activation_payload())
+        assert response.status_code == 403 and "no HMAC key" in response.json()["error"]
+        await services.registry.set_key("SN8", KEY)
+        assert await dev.activate() == "ok"
 
 
 async def test_newer_firmware_is_offered_and_downloadable(tmp_path) -> None:
@@ -182,33 +176,31 @@ async def test_newer_firmware_is_offered_and_downloadable(tmp_path) -> None:
     (folder / "2.0.9.bin").write_bytes(b"old")
     (folder / "latest.bin").write_bytes(b"not a version")
     (folder / "2.1.0-beta.bin").write_bytes(b"not a plain version")
-    async with running_ops(tmp_path, {"devices": {"activation": False}}) as (services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            assert await dev.boot() == ["check:0", "upgrade:2.0.10"]
-            assert dev.last_reply["firmware"] == {
-                "version": "2.0.10", "url": f"{base}/xiaozhi/ota/firmware/bread-compact-wifi/2.0.10.bin", "force": 0}
-            download = await client.get(dev.firmware_url)
-            assert download.status_code == 200 and download.content == image
-            assert download.headers["content-length"] == str(len(image))
-            # Up to date, or another board: no firmware block.
-            latest = device(client, base, version="2.0.10")
-            await latest.check_version()
-            assert "firmware" not in latest.last_reply
-            other = device(client, base, mac="a4:cf:00:00:00:01", board_name="other-board")
-            await other.check_version()
-            assert "firmware" not in other.last_reply
+    async with running_ops(tmp_path, {"devices": {"activation": False}}) as (_services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        assert await dev.boot() == ["check:0", "upgrade:2.0.10"]
+        assert dev.last_reply["firmware"] == {
+            "version": "2.0.10", "url": f"{base}/xiaozhi/ota/firmware/bread-compact-wifi/2.0.10.bin", "force": 0}
+        download = await client.get(dev.firmware_url)
+        assert download.status_code == 200 and download.content == image
+        assert download.headers["content-length"] == str(len(image))
+        # Up to date, or another board: no firmware block.
+        latest = device(client, base, version="2.0.10")
+        await latest.check_version()
+        assert "firmware" not in latest.last_reply
+        other = device(client, base, mac="a4:cf:00:00:00:01", board_name="other-board")
+        await other.check_version()
+        assert "firmware" not in other.last_reply
 
 
 async def test_unbound_devices_are_not_offered_firmware(tmp_path) -> None:
     folder = tmp_path / "firmware" / "bread-compact-wifi"
     folder.mkdir(parents=True)
     (folder / "9.0.0.bin").write_bytes(b"x")
-    async with running_ops(tmp_path) as (_services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            await dev.check_version()
-            assert "firmware" not in dev.last_reply and "activation" in dev.last_reply
+    async with running_ops(tmp_path) as (_services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        await dev.check_version()
+        assert "firmware" not in dev.last_reply and "activation" in dev.last_reply
 
 
 async def test_public_urls_and_websocket_version_are_configurable(tmp_path) -> None:
@@ -220,80 +212,73 @@ async def test_public_urls_and_websocket_version_are_configurable(tmp_path) -> N
         "ota": {"public_url": "https://ota.example.org/", "websocket_version": 3},
         "devices": {"activation": False},
     }
-    async with running_ops(tmp_path, tables) as (_services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            await dev.check_version()
-            assert dev.settings["url"] == "wss://voice.example.org/xiaozhi/v1/"
-            assert dev.settings["version"] == 3 and isinstance(dev.last_reply["websocket"]["version"], int)
-            assert dev.firmware_url == "https://ota.example.org/xiaozhi/ota/firmware/bread-compact-wifi/3.0.0.bin"
+    async with running_ops(tmp_path, tables) as (_services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        await dev.check_version()
+        assert dev.settings["url"] == "wss://voice.example.org/xiaozhi/v1/"
+        assert dev.settings["version"] == 3 and isinstance(dev.last_reply["websocket"]["version"], int)
+        assert dev.firmware_url == "https://ota.example.org/xiaozhi/ota/firmware/bread-compact-wifi/3.0.0.bin"
 
 
 async def test_websocket_url_follows_the_host_the_device_used(tmp_path) -> None:
-    async with running_ops(tmp_path, {"server": {"port": 8100, "path": "/ws/"}}) as (_services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            for host, expected in [("192.168.1.10:8003", "ws://192.168.1.10:8100/ws/"),
-                                   ("xiaozhi.lan", "ws://xiaozhi.lan:8100/ws/"),
-                                   ("[fd00::5]:8003", "ws://[fd00::5]:8100/ws/"),
-                                   ("evil.com/x?y", "ws://127.0.0.1:8100/ws/")]:
-                response = await client.post(f"{base}/xiaozhi/ota/", headers={**dev.headers(), "Host": host},
-                                             content=dev.system_info_json())
-                assert response.json()["websocket"]["url"] == expected, host
+    async with running_ops(tmp_path, {"server": {"port": 8100, "path": "/ws/"}}) as (_services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        for host, expected in [("192.168.1.10:8003", "ws://192.168.1.10:8100/ws/"),
+                               ("xiaozhi.lan", "ws://xiaozhi.lan:8100/ws/"),
+                               ("[fd00::5]:8003", "ws://[fd00::5]:8100/ws/"),
+                               ("evil.com/x?y", "ws://127.0.0.1:8100/ws/")]:
+            response = await client.post(f"{base}/xiaozhi/ota/", headers={**dev.headers(), "Host": host},
+                                         content=dev.system_info_json())
+            assert response.json()["websocket"]["url"] == expected, host
 
 
 async def test_allow_list_refuses_strangers_without_storing_them(tmp_path) -> None:
-    async with running_ops(tmp_path, {"auth": {"allowed_devices": ["A4:CF:12:34:56:78"]}}) as (services, base):
-        async with httpx.AsyncClient() as client:
-            stranger = device(client, base, mac="02:00:00:00:00:01")
-            assert await stranger.check_version() == 403
-            assert await services.registry.get("02:00:00:00:00:01") is None
-            assert await device(client, base).check_version() == 0  # listed (case-insensitively)
+    async with running_ops(tmp_path, {"auth": {"allowed_devices": ["A4:CF:12:34:56:78"]}}) as (services, base), httpx.AsyncClient() as client:
+        stranger = device(client, base, mac="02:00:00:00:00:01")
+        assert await stranger.check_version() == 403
+        assert await services.registry.get("02:00:00:00:00:01") is None
+        assert await device(client, base).check_version() == 0  # listed (case-insensitively)
 
 
 async def test_reflashed_device_needs_a_new_code_and_the_old_token_dies(tmp_path) -> None:
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            original = device(client, base)
-            await original.check_version()
-            await services.registry.bind_code(original.activation_code)
-            await original.check_version()
-            old_token = original.settings["token"]
-            # Same MAC, new Client-Id (flash erased, or an imitation of the MAC).
-            newcomer = device(client, base, uuid="11111111-2222-4333-8444-555555555555")
-            await newcomer.check_version()
-            assert newcomer.settings["token"] == "" and newcomer.has_activation_code
-            assert (await services.auth.check(MAC, original.uuid, old_token)).ok  # untouched until the owner acts
-            assert not (await services.auth.check(MAC, newcomer.uuid, old_token)).ok
-            await services.registry.bind_code(newcomer.activation_code)
-            assert await newcomer.activate() == "ok"
-            assert not (await services.auth.check(MAC, original.uuid, old_token)).ok
-            await newcomer.check_version()
-            assert (await services.auth.check(MAC, newcomer.uuid, newcomer.settings["token"])).ok
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        original = device(client, base)
+        await original.check_version()
+        await services.registry.bind_code(original.activation_code)
+        await original.check_version()
+        old_token = original.settings["token"]
+        # Same MAC, new Client-Id (flash erased, or an imitation of the MAC).
+        newcomer = device(client, base, uuid="11111111-2222-4333-8444-555555555555")
+        await newcomer.check_version()
+        assert newcomer.settings["token"] == "" and newcomer.has_activation_code
+        assert (await services.auth.check(MAC, original.uuid, old_token)).ok  # untouched until the owner acts
+        assert not (await services.auth.check(MAC, newcomer.uuid, old_token)).ok
+        await services.registry.bind_code(newcomer.activation_code)
+        assert await newcomer.activate() == "ok"
+        assert not (await services.auth.check(MAC, original.uuid, old_token)).ok
+        await newcomer.check_version()
+        assert (await services.auth.check(MAC, newcomer.uuid, newcomer.settings["token"])).ok
 
 
 async def test_timezone_offset_defaults_to_the_servers_own(tmp_path) -> None:
     clock = WallClock()
-    async with running_ops(tmp_path, clock=clock) as (_services, base):
-        async with httpx.AsyncClient() as client:
-            dev = device(client, base)
-            await dev.check_version()
-            assert dev.last_reply["server_time"]["timezone_offset"] == local_timezone_offset(clock.now)
+    async with running_ops(tmp_path, clock=clock) as (_services, base), httpx.AsyncClient() as client:
+        dev = device(client, base)
+        await dev.check_version()
+        assert dev.last_reply["server_time"]["timezone_offset"] == local_timezone_offset(clock.now)
 
 
 async def test_get_on_the_ota_url_gives_a_hint(tmp_path) -> None:
-    async with running_ops(tmp_path) as (_services, base):
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"{base}/xiaozhi/ota/")
-            assert response.status_code == 200 and "OTA" in response.text and "ws://" in response.text
+    async with running_ops(tmp_path) as (_services, base), httpx.AsyncClient() as client:
+        response = await client.get(f"{base}/xiaozhi/ota/")
+        assert response.status_code == 200 and "OTA" in response.text and "ws://" in response.text
 
 
 async def test_check_in_counts_in_metrics(tmp_path) -> None:
-    async with running_ops(tmp_path) as (services, base):
-        async with httpx.AsyncClient() as client:
-            await device(client, base).check_version()
-            assert services.metrics.ota_check_ins.get(state="activating") == 1
-            assert services.metrics.http_requests.get(route="ota", status="200") == 1
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        await device(client, base).check_version()
+        assert services.metrics.ota_check_ins.get(state="activating") == 1
+        assert services.metrics.http_requests.get(route="ota", status="200") == 1
 
 
 def test_documented_ops_config_is_valid_complete_and_shows_the_defaults() -> None:

@@ -23,12 +23,19 @@ import trio
 from .. import __version__
 from ..store.sqlite import DatabaseError
 from .activation import handle_activate
-from .h11server import HttpLimits, Request, Response, error_response, json_response, serve
+from .h11server import (
+    HttpLimits,
+    Request,
+    Response,
+    error_response,
+    json_response,
+    serve,
+)
 from .metrics import CONTENT_TYPE
 from .ota import handle_ota, handle_ota_hint
 from .services import OpsConfig, OpsServices, build_ops_services
 
-__all__ = ["OpsConfig", "OpsServices", "build_ops_services", "serve_http", "handle_request", "limits_for"]
+__all__ = ["OpsConfig", "OpsServices", "build_ops_services", "handle_request", "limits_for", "serve_http"]
 
 log = logging.getLogger(__name__)
 

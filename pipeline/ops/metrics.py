@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..events import AgentUsage, SessionClosed, SessionError, SessionEvent, SessionOpened
+from ..events import (
+    AgentUsage,
+    SessionClosed,
+    SessionError,
+    SessionEvent,
+    SessionOpened,
+)
 from ..hookspecs import hookimpl
 from .settings import require
-from .turns import STAGES, RESPONSE, StageLatency, TurnSummary, TurnTimer
+from .turns import RESPONSE, STAGES, StageLatency, TurnSummary, TurnTimer
 
 if TYPE_CHECKING:
     from .auth import AuthDecision

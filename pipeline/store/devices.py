@@ -128,19 +128,23 @@ class BindingEvent:
 
 
 _MIGRATIONS = [
-    "CREATE TABLE devices ("
-    " device_id TEXT PRIMARY KEY, client_id TEXT NOT NULL DEFAULT '', board TEXT NOT NULL DEFAULT '',"
-    " board_type TEXT NOT NULL DEFAULT '', firmware_version TEXT NOT NULL DEFAULT '',"
-    " serial_number TEXT NOT NULL DEFAULT '', activation_version INTEGER NOT NULL DEFAULT 1,"
-    " language TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',"
-    " first_seen REAL NOT NULL, last_seen REAL NOT NULL,"
-    " bound INTEGER NOT NULL DEFAULT 0, bound_at REAL, revoked_at REAL,"
-    " token_generation INTEGER NOT NULL DEFAULT 0,"
-    " claim_client_id TEXT, activation_code TEXT UNIQUE, activation_challenge TEXT, activation_expires REAL,"
-    " claim_approved INTEGER NOT NULL DEFAULT 0, claim_proven INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE device_bindings ("
-    " id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, client_id TEXT NOT NULL,"
-    " action TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL DEFAULT '')",
+    (
+        "CREATE TABLE devices ("
+        " device_id TEXT PRIMARY KEY, client_id TEXT NOT NULL DEFAULT '', board TEXT NOT NULL DEFAULT '',"
+        " board_type TEXT NOT NULL DEFAULT '', firmware_version TEXT NOT NULL DEFAULT '',"
+        " serial_number TEXT NOT NULL DEFAULT '', activation_version INTEGER NOT NULL DEFAULT 1,"
+        " language TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',"
+        " first_seen REAL NOT NULL, last_seen REAL NOT NULL,"
+        " bound INTEGER NOT NULL DEFAULT 0, bound_at REAL, revoked_at REAL,"
+        " token_generation INTEGER NOT NULL DEFAULT 0,"
+        " claim_client_id TEXT, activation_code TEXT UNIQUE, activation_challenge TEXT, activation_expires REAL,"
+        " claim_approved INTEGER NOT NULL DEFAULT 0, claim_proven INTEGER NOT NULL DEFAULT 0)"
+    ),
+    (
+        "CREATE TABLE device_bindings ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, client_id TEXT NOT NULL,"
+        " action TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+    ),
     "CREATE INDEX device_bindings_by_device ON device_bindings (device_id, id)",
     "CREATE TABLE device_keys (serial_number TEXT PRIMARY KEY, hmac_key BLOB NOT NULL, added_at REAL NOT NULL)",
 ]
@@ -273,48 +277,42 @@ class DeviceRegistry:
         now = self._clock()
         device_id = normalise_device_id(info.device_id)
 
+        def details(c: sqlite3.Connection, *, client_id: str | None = None) -> None:
+            c.execute(
+                "UPDATE devices SET client_id = coalesce(?, client_id), board=?, board_type=?, firmware_version=?,"
+                " serial_number=?, activation_version=?, language=?, address=?, last_seen=? WHERE device_id=?",
+                (client_id, info.board, info.board_type, info.firmware_version, info.serial_number,
+                 info.activation_version, info.language, info.address, now, device_id),
+            )
+
         def write(c: sqlite3.Connection) -> Device:
             device = _select(c, device_id)
-            details = (info.board, info.board_type, info.firmware_version, info.serial_number,
-                       info.activation_version, info.language, info.address, now)
             if device is None:
                 c.execute(
-                    "INSERT INTO devices (device_id, client_id, board, board_type, firmware_version, serial_number,"
-                    " activation_version, language, address, last_seen, first_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (device_id, info.client_id, *details, now),
+                    "INSERT INTO devices (device_id, client_id, first_seen, last_seen) VALUES (?, ?, ?, ?)",
+                    (device_id, info.client_id, now, now),
                 )
+                details(c)
                 device = _select(c, device_id)
                 assert device is not None
-                if not self.config.activation:
-                    _bind(c, device, info.client_id, now, "auto")
-                else:
+                if self.config.activation:
                     _open_claim(c, device, info.client_id, now, self.code_ttl)
+                else:
+                    _bind(c, device, info.client_id, now, "auto")
             elif device.bound and device.client_id == info.client_id:
-                c.execute(
-                    "UPDATE devices SET board=?, board_type=?, firmware_version=?, serial_number=?,"
-                    " activation_version=?, language=?, address=?, last_seen=? WHERE device_id=?",
-                    (*details, device_id),
-                )
+                details(c)
             elif not self.config.activation and device.revoked_at is None:
                 # Activation is off: whatever presents this device id is admitted (documented).
                 _bind(c, device, info.client_id, now, "auto")
-                c.execute(
-                    "UPDATE devices SET board=?, board_type=?, firmware_version=?, serial_number=?,"
-                    " activation_version=?, language=?, address=?, last_seen=? WHERE device_id=?",
-                    (*details, device_id),
-                )
+                details(c)
+            elif not device.bound:
+                # Nothing to protect yet: the newest details win.
+                details(c, client_id=info.client_id)
+                _open_claim(c, device, info.client_id, now, self.code_ttl)
             else:
-                if not device.bound:
-                    # Nothing to protect yet: the newest details win.
-                    c.execute(
-                        "UPDATE devices SET client_id=?, board=?, board_type=?, firmware_version=?, serial_number=?,"
-                        " activation_version=?, language=?, address=?, last_seen=? WHERE device_id=?",
-                        (info.client_id, *details, device_id),
-                    )
-                else:
-                    # A bound device id with another client id: an unverified claimant; keep the
-                    # bound device's details and only note when this id was last heard of.
-                    c.execute("UPDATE devices SET last_seen=? WHERE device_id=?", (now, device_id))
+                # A bound device id with another client id: an unverified claimant. Keep the bound
+                # device's details; only note when this id was last heard of.
+                c.execute("UPDATE devices SET last_seen=? WHERE device_id=?", (now, device_id))
                 _open_claim(c, device, info.client_id, now, self.code_ttl)
             result = _select(c, device_id)
             assert result is not None

@@ -144,12 +144,11 @@ class FirmwareOta:
             self.has_server_time = True
         self.has_new_version = False
         firmware = root.get("firmware")
-        if isinstance(firmware, dict):
-            if isinstance(firmware.get("version"), str) and isinstance(firmware.get("url"), str):
-                self.firmware_version, self.firmware_url = firmware["version"], firmware["url"]
-                self.has_new_version = is_new_version_available(self.version, self.firmware_version)
-                if isinstance(firmware.get("force"), (int, float)) and firmware["force"] == 1:
-                    self.has_new_version = True
+        if isinstance(firmware, dict) and isinstance(firmware.get("version"), str) and isinstance(firmware.get("url"), str):
+            self.firmware_version, self.firmware_url = firmware["version"], firmware["url"]
+            self.has_new_version = is_new_version_available(self.version, self.firmware_version)
+            if isinstance(firmware.get("force"), (int, float)) and firmware["force"] == 1:
+                self.has_new_version = True
         return 0
 
     def activation_payload(self) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
 from xiaozhi_trio.pipeline.config import parse_config
 from xiaozhi_trio.pipeline.ops.http import OpsServices, build_ops_services, serve_http
 
