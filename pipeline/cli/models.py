@@ -12,15 +12,23 @@ from . import add_config_argument, config_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list, install, verify and remove speech models")
+    parser = subparsers.add_parser(
+        "models", help="list, install, verify and remove speech models"
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="the models known by name, and which are installed")
+    listing = actions.add_parser(
+        "list", help="the models known by name, and which are installed"
+    )
     listing.set_defaults(func=run_list)
     install = actions.add_parser("install", help="download, check and unpack a model")
     install.add_argument("name")
-    install.add_argument("--force", action="store_true", help="download again even if installed")
+    install.add_argument(
+        "--force", action="store_true", help="download again even if installed"
+    )
     install.set_defaults(func=run_install)
-    verify = actions.add_parser("verify", help="check that installed models load (all, or NAME)")
+    verify = actions.add_parser(
+        "verify", help="check that installed models load (all, or NAME)"
+    )
     verify.add_argument("name", nargs="?")
     verify.set_defaults(func=run_verify)
     remove = actions.add_parser("remove", help="delete an installed model")
@@ -31,7 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Config, Path, tuple[str, ...]]:
-    from xiaozhi_trio.plugins.speech.models.catalog import models_dir_for, models_settings
+    from xiaozhi_trio.plugins.speech.models.catalog import (
+        models_dir_for,
+        models_settings,
+    )
 
     config = load_config(config_path(args))
     settings = models_settings(config.extra.get("models", {}))
@@ -47,20 +58,34 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"{'NAME':34} {'ROLE':4} {'LANGUAGES':16} {'SIZE':>7}  STATUS")
     for entry in CATALOG:
         if entry.shipped:
-            status = f"shipped in {entry.shipped_in}" + (" (prepared)" if is_installed(entry, models_dir) else "")
+            status = f"shipped in {entry.shipped_in}" + (
+                " (prepared)" if is_installed(entry, models_dir) else ""
+            )
         else:
             status = "installed" if is_installed(entry, models_dir) else "not installed"
-        print(f"{entry.name:34} {entry.role:4} {entry.language:16} {entry.approx_mb:>4} MB  {status}")
+        print(
+            f"{entry.name:34} {entry.role:4} {entry.language:16} {entry.approx_mb:>4} MB  {status}"
+        )
         print(f"{'':34} {entry.description}")
     return 0
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from xiaozhi_trio.plugins.speech.models.installer import InstallError, ProgressBar, install_model
+    from xiaozhi_trio.plugins.speech.models.installer import (
+        InstallError,
+        ProgressBar,
+        install_model,
+    )
 
     _, models_dir, mirrors = _settings(args)
     try:
-        files = install_model(args.name, models_dir, mirrors=mirrors, progress=ProgressBar(), force=args.force)
+        files = install_model(
+            args.name,
+            models_dir,
+            mirrors=mirrors,
+            progress=ProgressBar(),
+            force=args.force,
+        )
     except InstallError as e:
         print(f"xiaozhi-trio: {e}", file=sys.stderr)
         return 1
@@ -96,7 +121,11 @@ def run_remove(args: argparse.Namespace) -> int:
     _, models_dir, _ = _settings(args)
     entry = get_entry(args.name)
     if remove_model(args.name, models_dir):
-        note = " (it is prepared again from its package when next used)" if entry.shipped else ""
+        note = (
+            " (it is prepared again from its package when next used)"
+            if entry.shipped
+            else ""
+        )
         print(f"{args.name}: removed{note}")
     else:
         print(f"{args.name}: was not installed")

@@ -20,7 +20,13 @@ import soundfile
 import trio
 
 from ..audio.resample import resample
-from ..backends import BackendContext, ConfigError, SpeechRecognizer, SpeechSynthesizer, VoiceActivityDetector
+from ..backends import (
+    BackendContext,
+    ConfigError,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    VoiceActivityDetector,
+)
 from ..config import Config, load_config
 from ..messages import PcmChunk, SpeechEnded
 from ..registry import Plugins
@@ -34,28 +40,62 @@ TAIL_SECONDS = 2.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    transcribe = subparsers.add_parser("transcribe", help="print the text of the speech in an audio file")
-    transcribe.add_argument("file", type=Path, help="audio file (wav, flac, ogg, mp3...: any rate, any channels)")
-    transcribe.add_argument("--no-vad", action="store_true", help="recognize the whole file as one utterance")
+    transcribe = subparsers.add_parser(
+        "transcribe", help="print the text of the speech in an audio file"
+    )
+    transcribe.add_argument(
+        "file",
+        type=Path,
+        help="audio file (wav, flac, ogg, mp3...: any rate, any channels)",
+    )
+    transcribe.add_argument(
+        "--no-vad",
+        action="store_true",
+        help="recognize the whole file as one utterance",
+    )
     add_config_argument(transcribe)
     transcribe.set_defaults(func=run_transcribe)
-    say = subparsers.add_parser("say", help="speak TEXT with the configured voice into an audio file")
+    say = subparsers.add_parser(
+        "say", help="speak TEXT with the configured voice into an audio file"
+    )
     say.add_argument("text")
-    say.add_argument("-o", "--output", type=Path, required=True, help="output file; its extension picks the format")
-    say.add_argument("--rate", type=int, default=None, help="resample to this rate (default: the voice's own)")
+    say.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output file; its extension picks the format",
+    )
+    say.add_argument(
+        "--rate",
+        type=int,
+        default=None,
+        help="resample to this rate (default: the voice's own)",
+    )
     add_config_argument(say)
     say.set_defaults(func=run_say)
 
 
 def _context(config: Config) -> BackendContext:
-    from xiaozhi_trio.plugins.speech.models.catalog import models_dir_for, models_settings
+    from xiaozhi_trio.plugins.speech.models.catalog import (
+        models_dir_for,
+        models_settings,
+    )
 
     data_dir = config.server.data_path
-    models_dir = models_dir_for(data_dir, models_settings(config.extra.get("models", {})))
-    return BackendContext(data_dir=data_dir, workers=CpuWorkers(config.workers.cpu_threads or None), models_dir=models_dir)
+    models_dir = models_dir_for(
+        data_dir, models_settings(config.extra.get("models", {}))
+    )
+    return BackendContext(
+        data_dir=data_dir,
+        workers=CpuWorkers(config.workers.cpu_threads or None),
+        models_dir=models_dir,
+    )
 
 
-def _create(plugins: Plugins, config: Config, context: BackendContext, kind: str) -> Any:
+def _create(
+    plugins: Plugins, config: Config, context: BackendContext, kind: str
+) -> Any:
     chosen = config.backend(kind)
     try:
         return plugins.backends.create(kind, chosen.backend, context, chosen.options)
@@ -69,11 +109,16 @@ def read_audio(path: Path) -> PcmChunk:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (OSError, RuntimeError, soundfile.LibsndfileError) as e:
         raise ConfigError(f"cannot read {path} as audio: {e}") from None
-    return PcmChunk(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(rate))
+    return PcmChunk(
+        np.ascontiguousarray(data.mean(axis=1), dtype=np.float32), int(rate)
+    )
 
 
 async def transcribe_audio(
-    audio: PcmChunk, vad: VoiceActivityDetector | None, asr: SpeechRecognizer, workers: CpuWorkers
+    audio: PcmChunk,
+    vad: VoiceActivityDetector | None,
+    asr: SpeechRecognizer,
+    workers: CpuWorkers,
 ) -> list[str]:
     """The text of each utterance in ``audio`` (cut by ``vad``; None: all of it as one)."""
     samples = resample(audio.samples, audio.sample_rate, asr.sample_rate)
@@ -81,9 +126,13 @@ async def transcribe_audio(
         utterances = [PcmChunk(samples, asr.sample_rate)]
     else:
         if vad.sample_rate != asr.sample_rate:
-            raise ConfigError(f"the VAD works at {vad.sample_rate} Hz but the recognizer at {asr.sample_rate} Hz")
+            raise ConfigError(
+                f"the VAD works at {vad.sample_rate} Hz but the recognizer at {asr.sample_rate} Hz"
+            )
         stream = vad.open_stream()
-        padded = np.concatenate([samples, np.zeros(int(TAIL_SECONDS * asr.sample_rate), dtype=np.float32)])
+        padded = np.concatenate(
+            [samples, np.zeros(int(TAIL_SECONDS * asr.sample_rate), dtype=np.float32)]
+        )
         step = int(FEED_SECONDS * asr.sample_rate)
         utterances = []
         for start in range(0, len(padded), step):
@@ -114,7 +163,9 @@ def write_audio(path: Path, audio: PcmChunk, rate: int | None = None) -> PcmChun
     extension = path.suffix.lstrip(".").upper()
     formats = soundfile.available_formats()
     if extension not in formats:
-        raise ConfigError(f"cannot write .{extension.lower()} files; use one of: {', '.join(sorted(formats)).lower()}")
+        raise ConfigError(
+            f"cannot write .{extension.lower()} files; use one of: {', '.join(sorted(formats)).lower()}"
+        )
     soundfile.write(path, np.clip(audio.samples, -1.0, 1.0), audio.sample_rate)
     return audio
 
@@ -142,7 +193,9 @@ def run_say(args: argparse.Namespace) -> int:
     tts = _create(Plugins(), config, context, "tts")
     audio = trio.run(synthesize_text, tts, args.text)
     if len(audio.samples) == 0:
-        print("the voice made no audio for this text (nothing to say?)", file=sys.stderr)
+        print(
+            "the voice made no audio for this text (nothing to say?)", file=sys.stderr
+        )
         return 1
     written = write_audio(args.output, audio, args.rate)
     print(f"{args.output}: {written.duration:.2f} s at {written.sample_rate} Hz")

@@ -41,13 +41,17 @@ def recording_config(table: Mapping[str, Any]) -> RecordingConfig:
     """Check the ``[recording]`` table."""
     unknown = sorted(set(table) - {"enabled", "max_megabytes"})
     if unknown:
-        raise ConfigError(f"unknown key(s) in [recording]: {', '.join(unknown)}; valid keys: enabled, max_megabytes")
+        raise ConfigError(
+            f"unknown key(s) in [recording]: {', '.join(unknown)}; valid keys: enabled, max_megabytes"
+        )
     enabled = table.get("enabled", False)
     if not isinstance(enabled, bool):
         raise ConfigError(f"[recording] enabled must be true or false, not {enabled!r}")
     cap = table.get("max_megabytes", RecordingConfig.max_megabytes)
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0:
-        raise ConfigError(f"[recording] max_megabytes must be a positive number, not {cap!r}")
+        raise ConfigError(
+            f"[recording] max_megabytes must be a positive number, not {cap!r}"
+        )
     return RecordingConfig(enabled, float(cap))
 
 
@@ -81,20 +85,34 @@ class Recorder:
         """Keep one turn; then delete the oldest turns while over the cap."""
         folder = self.directory / _safe_name(device_id)
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
+        stamp = (
+            time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
+        )
         stem = f"{stamp}-{_safe_name(session_id)}-{turn:04d}"
         sidecar: dict[str, Any] = {
-            "device_id": device_id, "session_id": session_id, "turn": turn,
-            "time": time.time(), "transcript": transcript, "reply_text": reply_text,
+            "device_id": device_id,
+            "session_id": session_id,
+            "turn": turn,
+            "time": time.time(),
+            "transcript": transcript,
+            "reply_text": reply_text,
         }
         for label, chunk in (("user", utterance), ("reply", reply)):
             if chunk is None or len(chunk.samples) == 0:
                 continue
             path = folder / f"{stem}-{label}.flac"
             samples = np.clip(np.asarray(chunk.samples, dtype=np.float32), -1.0, 1.0)
-            soundfile.write(path, samples, chunk.sample_rate, format="FLAC", subtype="PCM_16")
-            sidecar[label] = {"file": path.name, "seconds": round(chunk.duration, 3), "sample_rate": chunk.sample_rate}
-        (folder / f"{stem}.json").write_text(json.dumps(sidecar, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            soundfile.write(
+                path, samples, chunk.sample_rate, format="FLAC", subtype="PCM_16"
+            )
+            sidecar[label] = {
+                "file": path.name,
+                "seconds": round(chunk.duration, 3),
+                "sample_rate": chunk.sample_rate,
+            }
+        (folder / f"{stem}.json").write_text(
+            json.dumps(sidecar, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        )
         self.enforce_cap()
 
     def enforce_cap(self) -> None:
@@ -112,11 +130,18 @@ class Recorder:
             return
         # Names start with a UTC timestamp, so the name orders turns by age within a device;
         # across devices the newest modification time decides.
-        ordered = sorted(turns.items(), key=lambda item: (max(p.stat().st_mtime for p in item[1]), item[0].name))
-        for _, paths in ordered[:-1]:  # the turn just saved stays, even alone over the cap
+        ordered = sorted(
+            turns.items(),
+            key=lambda item: (max(p.stat().st_mtime for p in item[1]), item[0].name),
+        )
+        for _, paths in ordered[
+            :-1
+        ]:  # the turn just saved stays, even alone over the cap
             if total <= self.max_bytes:
                 break
             for path in paths:
                 total -= path.stat().st_size
                 path.unlink(missing_ok=True)
-            log.debug("recordings over %d bytes: deleted %s", self.max_bytes, paths[0].name)
+            log.debug(
+                "recordings over %d bytes: deleted %s", self.max_bytes, paths[0].name
+            )

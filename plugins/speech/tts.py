@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import sherpa_onnx
 import trio
-
 from xiaozhi_trio.pipeline.backends import BackendContext, BackendError, ConfigError
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import PcmChunk, Samples
@@ -65,65 +64,99 @@ class TtsOptions:
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> TtsOptions:
         """Check the ``[tts]`` options; a ``ConfigError`` names any wrong one."""
-        valid = {"model": str, "speed": (int, float), "speaker": int, "num_threads": int, "voice": str}
+        valid = {
+            "model": str,
+            "speed": (int, float),
+            "speaker": int,
+            "num_threads": int,
+            "voice": str,
+        }
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ConfigError(
                 f"unknown option(s) in [tts] for sherpa-onnx: {', '.join(unknown)}; valid: {', '.join(valid)}"
             )
         for key, types in valid.items():
-            if key in options and (not isinstance(options[key], types) or isinstance(options[key], bool)):
+            if key in options and (
+                not isinstance(options[key], types) or isinstance(options[key], bool)
+            ):
                 raise ConfigError(f"[tts] {key} has the wrong type: {options[key]!r}")
-        parsed = cls(**{k: (float(v) if k == "speed" else v) for k, v in options.items()})
+        parsed = cls(
+            **{k: (float(v) if k == "speed" else v) for k, v in options.items()}
+        )
         if not 0.25 <= parsed.speed <= 4.0:
-            raise ConfigError(f"[tts] speed must be between 0.25 and 4.0, not {parsed.speed}")
+            raise ConfigError(
+                f"[tts] speed must be between 0.25 and 4.0, not {parsed.speed}"
+            )
         if parsed.speaker < 0:
             raise ConfigError(f"[tts] speaker must be 0 or more, not {parsed.speaker}")
         if not 1 <= parsed.num_threads <= 16:
-            raise ConfigError(f"[tts] num_threads must be between 1 and 16, not {parsed.num_threads}")
+            raise ConfigError(
+                f"[tts] num_threads must be between 1 and 16, not {parsed.num_threads}"
+            )
         return parsed
 
 
 def _joined(files: Mapping[str, Path], prefix: str) -> str:
     """Comma-joined paths of the roles starting with ``prefix`` (sherpa-onnx's list syntax)."""
-    return ",".join(str(path) for role, path in sorted(files.items()) if role.startswith(prefix))
+    return ",".join(
+        str(path) for role, path in sorted(files.items()) if role.startswith(prefix)
+    )
 
 
-def tts_config(files: ModelFiles, *, num_threads: int = 1) -> sherpa_onnx.OfflineTtsConfig:
+def tts_config(
+    files: ModelFiles, *, num_threads: int = 1
+) -> sherpa_onnx.OfflineTtsConfig:
     """The sherpa-onnx configuration for a TTS model, by family."""
     f = files.files
-    common = {"data_dir": str(f.get("data_dir", "")), "dict_dir": str(f.get("dict_dir", ""))}
+    common = {
+        "data_dir": str(f.get("data_dir", "")),
+        "dict_dir": str(f.get("dict_dir", "")),
+    }
     lexicon = _joined(f, "lexicon")
     try:
         if files.family in ("piper", "vits"):
             model = sherpa_onnx.OfflineTtsModelConfig(
                 vits=sherpa_onnx.OfflineTtsVitsModelConfig(
-                    model=str(f["model"]), lexicon=lexicon, tokens=str(f["tokens"]), **common
+                    model=str(f["model"]),
+                    lexicon=lexicon,
+                    tokens=str(f["tokens"]),
+                    **common,
                 ),
                 num_threads=num_threads,
             )
         elif files.family == "matcha":
             model = sherpa_onnx.OfflineTtsModelConfig(
                 matcha=sherpa_onnx.OfflineTtsMatchaModelConfig(
-                    acoustic_model=str(f["acoustic_model"]), vocoder=str(f["vocoder"]),
-                    lexicon=lexicon, tokens=str(f["tokens"]), **common,
+                    acoustic_model=str(f["acoustic_model"]),
+                    vocoder=str(f["vocoder"]),
+                    lexicon=lexicon,
+                    tokens=str(f["tokens"]),
+                    **common,
                 ),
                 num_threads=num_threads,
             )
         elif files.family == "kokoro":
             model = sherpa_onnx.OfflineTtsModelConfig(
                 kokoro=sherpa_onnx.OfflineTtsKokoroModelConfig(
-                    model=str(f["model"]), voices=str(f["voices"]), tokens=str(f["tokens"]),
-                    lexicon=lexicon, **common,
+                    model=str(f["model"]),
+                    voices=str(f["voices"]),
+                    tokens=str(f["tokens"]),
+                    lexicon=lexicon,
+                    **common,
                 ),
                 num_threads=num_threads,
             )
         else:
-            raise ConfigError(f"model {files.name!r} is a {files.family} model, not a text-to-speech voice")
+            raise ConfigError(
+                f"model {files.name!r} is a {files.family} model, not a text-to-speech voice"
+            )
     except KeyError as e:
         raise ModelInvalid(f"model {files.name!r} has no {e.args[0]} file") from None
     # One sentence per batch: the callback then fires per sentence, which is what streams.
-    return sherpa_onnx.OfflineTtsConfig(model=model, rule_fsts=_joined(f, "rule_fst"), max_num_sentences=1)
+    return sherpa_onnx.OfflineTtsConfig(
+        model=model, rule_fsts=_joined(f, "rule_fst"), max_num_sentences=1
+    )
 
 
 def read_token_symbols(path: Path) -> frozenset[str]:
@@ -136,7 +169,9 @@ def read_token_symbols(path: Path) -> frozenset[str]:
     return frozenset(symbols)
 
 
-def split_long(phonemes: list[str], *, long: int = LONG_SENTENCE, min_part: int = MIN_PART) -> list[list[str]]:
+def split_long(
+    phonemes: list[str], *, long: int = LONG_SENTENCE, min_part: int = MIN_PART
+) -> list[list[str]]:
     """Cut one sentence's phonemes after clause marks into parts, each at least ``min_part`` long
     (the last part may be merged into the one before). Sentences up to ``long`` stay whole."""
     if len(phonemes) <= long:
@@ -160,7 +195,9 @@ def _is_speech_symbol(symbol: str) -> bool:
     return not (symbol.isspace() or unicodedata.category(symbol[0]).startswith("P"))
 
 
-def phoneme_sentences(text: str, voice: str, symbols: frozenset[str]) -> list[list[int]]:
+def phoneme_sentences(
+    text: str, voice: str, symbols: frozenset[str]
+) -> list[list[int]]:
     """Code points per sentence part for a Piper voice; sentences with nothing to say are dropped."""
     from piper_phonemize import phonemize_espeak
 
@@ -183,7 +220,13 @@ def has_words(text: str) -> bool:
 class SherpaTts:
     """One loaded voice, shared by every session (sherpa-onnx's ``generate`` is re-entrant)."""
 
-    def __init__(self, tts: sherpa_onnx.OfflineTts, files: ModelFiles, workers: CpuWorkers, options: TtsOptions):
+    def __init__(
+        self,
+        tts: sherpa_onnx.OfflineTts,
+        files: ModelFiles,
+        workers: CpuWorkers,
+        options: TtsOptions,
+    ):
         self._tts = tts
         self.files = files
         self._workers = workers
@@ -191,7 +234,11 @@ class SherpaTts:
         self._speaker = options.speaker
         self.sample_rate: int = tts.sample_rate
         self._voice = options.voice or tts.lang or "en-us"
-        self._symbols = read_token_symbols(files.files["tokens"]) if files.family in PHONEME_FAMILIES else frozenset()
+        self._symbols = (
+            read_token_symbols(files.files["tokens"])
+            if files.family in PHONEME_FAMILIES
+            else frozenset()
+        )
 
     def _generation_config(self, text: str) -> sherpa_onnx.GenerationConfig | None:
         if not has_words(text):
@@ -225,7 +272,9 @@ class SherpaTts:
             log.info("the voice made no audio for %r", text[:80])
         return made
 
-    async def synthesize(self, text: str, send: trio.MemorySendChannel[PcmChunk]) -> None:
+    async def synthesize(
+        self, text: str, send: trio.MemorySendChannel[PcmChunk]
+    ) -> None:
         """Speak ``text`` into ``send`` at ``sample_rate``, a piece at a time (does not close it)."""
         text = text.strip()
         if not text:
@@ -236,7 +285,11 @@ class SherpaTts:
             # Runs in the worker thread; a closed channel means the turn was cancelled.
             try:
                 trio.from_thread.run_sync(pieces_send.send_nowait, samples)
-            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.RunFinishedError):
+            except (
+                trio.ClosedResourceError,
+                trio.BrokenResourceError,
+                trio.RunFinishedError,
+            ):
                 return False
             return True
 
@@ -245,10 +298,18 @@ class SherpaTts:
             with pieces_send:
                 try:
                     await self._workers.run(self.generate, text, hand_over)
-                except RuntimeError as e:  # sherpa-onnx reports a failed synthesis this way
-                    raise BackendError(f"speech synthesis failed: {e}", kind="tts") from e
+                except (
+                    RuntimeError
+                ) as e:  # sherpa-onnx reports a failed synthesis this way
+                    raise BackendError(
+                        f"speech synthesis failed: {e}", kind="tts"
+                    ) from e
 
-    async def _forward(self, pieces: trio.MemoryReceiveChannel[Samples], send: trio.MemorySendChannel[PcmChunk]) -> None:
+    async def _forward(
+        self,
+        pieces: trio.MemoryReceiveChannel[Samples],
+        send: trio.MemorySendChannel[PcmChunk],
+    ) -> None:
         with pieces:
             async for samples in pieces:
                 await send.send(PcmChunk(samples, self.sample_rate))
@@ -260,7 +321,9 @@ def load_tts(files: ModelFiles, workers: CpuWorkers, options: TtsOptions) -> She
     config = tts_config(files, num_threads=options.num_threads)
     tts = sherpa_onnx.OfflineTts(config)
     if options.speaker >= max(1, tts.num_speakers):
-        raise ConfigError(f"[tts] speaker {options.speaker} does not exist: {files.name} has {tts.num_speakers} speaker(s)")
+        raise ConfigError(
+            f"[tts] speaker {options.speaker} does not exist: {files.name} has {tts.num_speakers} speaker(s)"
+        )
     return SherpaTts(tts, files, workers, options)
 
 
@@ -269,13 +332,17 @@ def create_tts(context: BackendContext, options: Mapping[str, Any]) -> SherpaTts
     parsed = TtsOptions.parse(options)
     files = locate_model(parsed.model, context.models_dir)
     if files.role != "tts":
-        raise ConfigError(f"[tts] model {parsed.model!r} is a {files.role} model, not a voice")
+        raise ConfigError(
+            f"[tts] model {parsed.model!r} is a {files.role} model, not a voice"
+        )
     return load_tts(files, context.workers, parsed)
 
 
 @hookimpl
 def xiaozhi_register_backends(registry: Any) -> None:
     registry.add(
-        "tts", "sherpa-onnx", create_tts,
+        "tts",
+        "sherpa-onnx",
+        create_tts,
         description="local speech synthesis with sherpa-onnx (Piper, VITS/MeloTTS, Matcha, Kokoro)",
     )

@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import trio
-
 from xiaozhi_trio.pipeline.backends import SpeechSynthesizer
 from xiaozhi_trio.pipeline.messages import PcmChunk
 
@@ -21,7 +20,9 @@ async def speak(tts: SpeechSynthesizer, text: str) -> list[PcmChunk]:
     """All chunks ``tts`` makes for ``text``, checking it leaves the channel open."""
     send, receive = trio.open_memory_channel[PcmChunk](math.inf)
     await tts.synthesize(text, send)
-    send.send_nowait(PcmChunk.silence(0.01, 16000))  # raises if synthesize closed the channel
+    send.send_nowait(
+        PcmChunk.silence(0.01, 16000)
+    )  # raises if synthesize closed the channel
     with send:
         pass
     chunks = [chunk async for chunk in receive]
@@ -35,7 +36,9 @@ class TtsContract:
     def speakable(self) -> str:
         return "Hello, how are you today?"
 
-    async def test_sample_rate_is_a_positive_whole_number(self, tts: SpeechSynthesizer) -> None:
+    async def test_sample_rate_is_a_positive_whole_number(
+        self, tts: SpeechSynthesizer
+    ) -> None:
         assert isinstance(tts.sample_rate, int) and 8000 <= tts.sample_rate <= 48000
 
     async def test_speech_comes_out_as_float_chunks_at_the_sample_rate(
@@ -46,16 +49,25 @@ class TtsContract:
         for chunk in chunks:
             assert isinstance(chunk, PcmChunk) and chunk.sample_rate == tts.sample_rate
             assert chunk.samples.dtype == np.float32 and chunk.samples.ndim == 1
-            assert np.all(np.isfinite(chunk.samples)) and np.max(np.abs(chunk.samples)) <= 1.5
+            assert (
+                np.all(np.isfinite(chunk.samples))
+                and np.max(np.abs(chunk.samples)) <= 1.5
+            )
         audio = PcmChunk.join(chunks, tts.sample_rate)
         assert 0.4 < audio.duration < 8.0
-        assert float(np.sqrt(np.mean(audio.samples**2))) > 0.01, "the audio is (nearly) silent"
+        assert float(np.sqrt(np.mean(audio.samples**2))) > 0.01, (
+            "the audio is (nearly) silent"
+        )
 
     @pytest.mark.parametrize("text", ["", "   ", "\n", "...", "!?", "—"])
-    async def test_nothing_to_say_gives_no_audio_and_no_error(self, tts: SpeechSynthesizer, text: str) -> None:
+    async def test_nothing_to_say_gives_no_audio_and_no_error(
+        self, tts: SpeechSynthesizer, text: str
+    ) -> None:
         assert await speak(tts, text) == []
 
-    async def test_a_cancelled_synthesis_leaves_the_backend_ready(self, tts: SpeechSynthesizer, speakable: str) -> None:
+    async def test_a_cancelled_synthesis_leaves_the_backend_ready(
+        self, tts: SpeechSynthesizer, speakable: str
+    ) -> None:
         send, receive = trio.open_memory_channel[PcmChunk](math.inf)
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
@@ -65,7 +77,9 @@ class TtsContract:
         assert scope.cancelled_caught
         assert await speak(tts, speakable)
 
-    async def test_sessions_can_speak_at_the_same_time(self, tts: SpeechSynthesizer, speakable: str) -> None:
+    async def test_sessions_can_speak_at_the_same_time(
+        self, tts: SpeechSynthesizer, speakable: str
+    ) -> None:
         results: dict[int, list[PcmChunk]] = {}
 
         async def one(i: int) -> None:

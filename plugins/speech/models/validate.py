@@ -35,8 +35,12 @@ REQUIRED_METADATA = {"piper": ("model_type", "comment", "sample_rate", "voice")}
 
 def _spec(files: ModelFiles) -> dict[str, object]:
     return {
-        "name": files.name, "role": files.role, "family": files.family, "language": files.language,
-        "directory": str(files.directory), "files": {role: str(path) for role, path in files.files.items()},
+        "name": files.name,
+        "role": files.role,
+        "family": files.family,
+        "language": files.language,
+        "directory": str(files.directory),
+        "files": {role: str(path) for role, path in files.files.items()},
     }
 
 
@@ -44,8 +48,12 @@ def _from_spec(spec: dict[str, object]) -> ModelFiles:
     paths = spec["files"]
     assert isinstance(paths, dict)
     return ModelFiles(
-        str(spec["name"]), str(spec["role"]), str(spec["family"]), str(spec["language"]),
-        Path(str(spec["directory"])), {role: Path(path) for role, path in paths.items()},
+        str(spec["name"]),
+        str(spec["role"]),
+        str(spec["family"]),
+        str(spec["language"]),
+        Path(str(spec["directory"])),
+        {role: Path(path) for role, path in paths.items()},
     )
 
 
@@ -59,19 +67,26 @@ def _fingerprint(files: ModelFiles) -> str:
 
 def _cached(files: ModelFiles, fingerprint: str) -> bool:
     try:
-        return json.loads((files.directory / CACHE_FILE).read_text()).get("fingerprint") == fingerprint
+        return (
+            json.loads((files.directory / CACHE_FILE).read_text()).get("fingerprint")
+            == fingerprint
+        )
     except (OSError, ValueError, AttributeError):
         return False
 
 
 def _remember(files: ModelFiles, fingerprint: str) -> None:
     try:
-        (files.directory / CACHE_FILE).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        (files.directory / CACHE_FILE).write_text(
+            json.dumps({"fingerprint": fingerprint}) + "\n"
+        )
     except OSError as e:  # a read-only models folder only costs a re-check next time
         log.debug("cannot cache the validation of %s: %s", files.name, e)
 
 
-def validate_model(files: ModelFiles, *, timeout: float = DEFAULT_TIMEOUT, use_cache: bool = True) -> None:
+def validate_model(
+    files: ModelFiles, *, timeout: float = DEFAULT_TIMEOUT, use_cache: bool = True
+) -> None:
     """Raise ``ModelInvalid`` naming the wrong file if sherpa-onnx cannot load ``files``.
 
     Missing files are reported without starting a process; otherwise the model is loaded (and
@@ -79,19 +94,27 @@ def validate_model(files: ModelFiles, *, timeout: float = DEFAULT_TIMEOUT, use_c
     """
     for role, path in files.files.items():
         if not path.exists():
-            raise ModelInvalid(f"model {files.name!r}: its {role} file {path} is missing")
+            raise ModelInvalid(
+                f"model {files.name!r}: its {role} file {path} is missing"
+            )
     fingerprint = _fingerprint(files)
     if use_cache and _cached(files, fingerprint):
         return
     command = [sys.executable, "-m", __name__, json.dumps(_spec(files))]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
-        raise ModelInvalid(f"model {files.name!r}: loading it took more than {timeout:.0f} s") from None
+        raise ModelInvalid(
+            f"model {files.name!r}: loading it took more than {timeout:.0f} s"
+        ) from None
     if done.returncode == 0 and done.stdout.rstrip().endswith("ok"):
         _remember(files, fingerprint)
         return
-    raise ModelInvalid(_failure_message(files, done.returncode, done.stdout, done.stderr))
+    raise ModelInvalid(
+        _failure_message(files, done.returncode, done.stdout, done.stderr)
+    )
 
 
 def _failure_message(files: ModelFiles, code: int, stdout: str, stderr: str) -> str:
@@ -134,16 +157,30 @@ def _check_files(files: ModelFiles) -> None:
             try:
                 found = read_onnx_metadata(path)
             except ValueError as e:
-                raise ModelInvalid(f"{path.name} is not a valid ONNX file ({e})") from None
-            missing = [k for k in REQUIRED_METADATA.get(files.family, ()) if role == "model" and k not in found]
+                raise ModelInvalid(
+                    f"{path.name} is not a valid ONNX file ({e})"
+                ) from None
+            missing = [
+                k
+                for k in REQUIRED_METADATA.get(files.family, ())
+                if role == "model" and k not in found
+            ]
             if missing:
-                raise ModelInvalid(f"{path.name} lacks the sherpa-onnx metadata {', '.join(missing)}")
+                raise ModelInvalid(
+                    f"{path.name} lacks the sherpa-onnx metadata {', '.join(missing)}"
+                )
         elif role == "tokens":
             _step("tokens", role, path)
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            bad = [n for n, line in enumerate(lines, 1) if line.strip() and not line.rpartition(" ")[2].isdigit()]
+            bad = [
+                n
+                for n, line in enumerate(lines, 1)
+                if line.strip() and not line.rpartition(" ")[2].isdigit()
+            ]
             if not lines or bad:
-                raise ModelInvalid(f"{path.name} is not a tokens file (line {bad[0] if bad else 1})")
+                raise ModelInvalid(
+                    f"{path.name} is not a tokens file (line {bad[0] if bad else 1})"
+                )
 
 
 def _load_and_run(files: ModelFiles) -> None:
@@ -155,24 +192,34 @@ def _load_and_run(files: ModelFiles) -> None:
     _step("load", main_role, files.files.get(main_role, "-"))
     silence = np.zeros(8000, dtype=np.float32)
     if files.role == "tts":
-        from ..tts import PHONEME_FAMILIES, phoneme_sentences, read_token_symbols, tts_config
+        from ..tts import (
+            PHONEME_FAMILIES,
+            phoneme_sentences,
+            read_token_symbols,
+            tts_config,
+        )
 
         config = tts_config(files)
         if not config.validate():
-            raise ModelInvalid("sherpa-onnx rejected the configuration (see its message)")
+            raise ModelInvalid(
+                "sherpa-onnx rejected the configuration (see its message)"
+            )
         tts = sherpa_onnx.OfflineTts(config)
         _step("run", main_role, files.files.get(main_role, "-"))
         generation = sherpa_onnx.GenerationConfig()
         text = "Hello." if "en" in files.language.split(",") else "你好。"
         if files.family in PHONEME_FAMILIES:
             symbols = read_token_symbols(files.files["tokens"])
-            generation.phoneme_codepoints = phoneme_sentences("Hello.", tts.lang or "en-us", symbols)
+            generation.phoneme_codepoints = phoneme_sentences(
+                "Hello.", tts.lang or "en-us", symbols
+            )
         audio = tts.generate(text, generation)
         if audio.sample_rate <= 0 or len(audio.samples) == 0:
             raise ModelInvalid("the voice loads but made no audio for a test word")
     elif files.family == "silero":
         config = sherpa_onnx.VadModelConfig(
-            silero_vad=sherpa_onnx.SileroVadModelConfig(model=f["model"]), sample_rate=16000
+            silero_vad=sherpa_onnx.SileroVadModelConfig(model=f["model"]),
+            sample_rate=16000,
         )
         vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=5)
         _step("run", "model", f["model"])
@@ -180,11 +227,18 @@ def _load_and_run(files: ModelFiles) -> None:
     elif files.family in ("zipformer_streaming", "paraformer_streaming"):
         if files.family == "zipformer_streaming":
             online = sherpa_onnx.OnlineRecognizer.from_transducer(
-                tokens=f["tokens"], encoder=f["encoder"], decoder=f["decoder"], joiner=f["joiner"], num_threads=1
+                tokens=f["tokens"],
+                encoder=f["encoder"],
+                decoder=f["decoder"],
+                joiner=f["joiner"],
+                num_threads=1,
             )
         else:
             online = sherpa_onnx.OnlineRecognizer.from_paraformer(
-                tokens=f["tokens"], encoder=f["encoder"], decoder=f["decoder"], num_threads=1
+                tokens=f["tokens"],
+                encoder=f["encoder"],
+                decoder=f["decoder"],
+                num_threads=1,
             )
         _step("run", main_role, files.files.get(main_role, "-"))
         stream = online.create_stream()
@@ -194,11 +248,17 @@ def _load_and_run(files: ModelFiles) -> None:
     else:
         builders = {
             "moonshine": lambda: sherpa_onnx.OfflineRecognizer.from_moonshine_v2(
-                encoder=f["encoder"], decoder=f["decoder"], tokens=f["tokens"]),
-            "sense_voice": lambda: sherpa_onnx.OfflineRecognizer.from_sense_voice(model=f["model"], tokens=f["tokens"]),
-            "paraformer": lambda: sherpa_onnx.OfflineRecognizer.from_paraformer(paraformer=f["model"], tokens=f["tokens"]),
+                encoder=f["encoder"], decoder=f["decoder"], tokens=f["tokens"]
+            ),
+            "sense_voice": lambda: sherpa_onnx.OfflineRecognizer.from_sense_voice(
+                model=f["model"], tokens=f["tokens"]
+            ),
+            "paraformer": lambda: sherpa_onnx.OfflineRecognizer.from_paraformer(
+                paraformer=f["model"], tokens=f["tokens"]
+            ),
             "whisper": lambda: sherpa_onnx.OfflineRecognizer.from_whisper(
-                encoder=f["encoder"], decoder=f["decoder"], tokens=f["tokens"]),
+                encoder=f["encoder"], decoder=f["decoder"], tokens=f["tokens"]
+            ),
         }
         if files.family not in builders:
             raise ModelInvalid(f"unknown model family {files.family!r}")
