@@ -17,7 +17,7 @@ Besides the rate, the table shows how busy the server's core was (from its CPU t
 requests per second of server CPU: when the core is not saturated (the load generator, also Python,
 may be the limit), that last figure is the capacity of one fully used core.
 
-Run: ``python bench/ota.py [--requests 3000] [--concurrency 16]``.
+Run: ``python -m bench.ota [--requests 3000] [--concurrency 16]``.
 """
 
 from __future__ import annotations

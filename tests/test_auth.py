@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import stat
 
+import httpx
 import pytest
+import trio
+import trio_websocket
 from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.client import connect
 from xiaozhi_trio.pipeline.ops.auth import (
     AuthConfig,
     TokenClaims,
@@ -16,10 +21,14 @@ from xiaozhi_trio.pipeline.ops.auth import (
     TokenSigner,
     load_secret,
 )
+from xiaozhi_trio.pipeline.ops.http import build_ops_services, serve_http
 from xiaozhi_trio.pipeline.ops.settings import parse_table
+from xiaozhi_trio.pipeline.server import serve_devices
 from xiaozhi_trio.pipeline.store.devices import CheckIn
 
+from tests.fakes.firmware_ota import FirmwareOta
 from tests.fakes.ops_server import WallClock, make_services
+from tests.harness import make_app
 
 MAC = "a4:cf:12:34:56:78"
 UUID = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"
@@ -239,3 +248,39 @@ async def test_auth_disabled_accepts_anyone(tmp_path) -> None:
     decision = await services.auth.check("anyone", "", None)
     assert decision.ok and decision.reason == "auth disabled"
     services.close()
+
+
+# ---- the WebSocket handshake, end to end (OTA → bind → token → session) -------------------------
+
+
+async def test_websocket_handshake_needs_the_token_from_the_ota_reply(tmp_path, caplog) -> None:
+    app, _fakes, _events = make_app(tmp_path)
+    ops = build_ops_services(app.config)
+    ops.attach(app)
+    caplog.set_level(logging.WARNING, logger="xiaozhi_trio.server")
+    async with trio.open_nursery() as nursery:
+        ws_port = await nursery.start(serve_devices, app, "127.0.0.1", 0)
+        http_port = await nursery.start(serve_http, ops, "127.0.0.1", 0)
+        async with httpx.AsyncClient() as client:
+            dev = FirmwareOta(client, f"http://127.0.0.1:{http_port}/xiaozhi/ota/", mac=MAC, uuid=UUID)
+
+            async def owner(result: str) -> None:
+                if result == "timeout":
+                    await ops.registry.bind_code(dev.activation_code)
+
+            assert (await dev.boot(on_activate_result=owner))[-1] == "done"
+        url = f"ws://127.0.0.1:{ws_port}/xiaozhi/v1/"
+        forged = dev.settings["token"][:-4] + "AAAA"
+        for token in (None, forged, "Bearer"):
+            with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+                async with connect(url, device_id=MAC, client_id=UUID, token=token):
+                    pass
+            assert rejected.value.status_code == 401
+        assert any(MAC in r.getMessage() and "rejected device" in r.getMessage() for r in caplog.records)
+        async with connect(url, device_id=MAC, client_id=UUID, token=dev.settings["token"]) as device:
+            hello = await device.hello()
+            assert hello["transport"] == "websocket"
+        assert ops.metrics.auth_decisions.get(result="rejected") == 3
+        assert ops.metrics.auth_decisions.get(result="accepted") == 1
+        nursery.cancel_scope.cancel()
+    ops.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from xiaozhi_trio.pipeline import events as ev
 from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.hookspecs import hookimpl
+from xiaozhi_trio.pipeline.ops.http import build_ops_services
 from xiaozhi_trio.pipeline.ops.logcontext import (
     JsonFormatter,
     LogfmtFormatter,
@@ -37,7 +40,9 @@ from xiaozhi_trio.pipeline.ops.turns import (
 from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.plugins import observability
 
+from tests.fakes.backends import speech
 from tests.fakes.ops_server import running_ops
+from tests.harness import fake_config, make_app, open_device
 
 DEV = "a4:cf:12:34:56:78"
 
@@ -282,3 +287,44 @@ def test_session_logger_adapter_ids_are_used_without_bind_session() -> None:
     adapter.info("from the session")
     line = stream.getvalue()
     assert f"device={DEV} session=s6" in line and "device_id" not in line
+
+
+# ---- a real session (test-double backends) feeding the metrics and the session log -------------
+
+
+class _PlainLogger:
+    """An observer that logs with a plain module logger: the ids must come from bind_session."""
+
+    log = logging.getLogger("tests.plain_observer")
+
+    @hookimpl
+    def xiaozhi_session_event(self, event: ev.SessionEvent) -> None:
+        self.log.info("saw %s", type(event).__name__)
+
+
+async def test_metrics_and_session_ids_move_as_a_real_session_talks(tmp_path, autojump_clock, caplog) -> None:
+    config = dataclasses.replace(fake_config(tmp_path), extra={"auth": {"enabled": False}})
+    app, fakes, _events = make_app(tmp_path, config=config)
+    ops = build_ops_services(config)
+    ops.attach(app)
+    app.plugins.pm.register(observability)
+    app.plugins.pm.register(_PlainLogger())
+    caplog.handler.addFilter(SessionContextFilter())
+    caplog.set_level(logging.INFO)
+    fakes.agent.answers["what time is it"] = "It is three o'clock. Time for tea!"
+    async with open_device(app) as device:
+        assert samples(ops.metrics.render())[("xiaozhi_sessions_connected", ())] == 1
+        assert ops.sessions == 1
+        await device.listen_start("auto")
+        await device.speak(speech("what time is it"))
+        await device.receive_reply()
+    s = samples(ops.metrics.render())
+    assert s[("xiaozhi_sessions_connected", ())] == 0
+    assert s[("xiaozhi_turns_total", (("outcome", "completed"),))] == 1
+    for stage in (TRANSCRIPT, FIRST_TEXT, FIRST_SENTENCE, FIRST_AUDIO):
+        assert s[("xiaozhi_turn_stage_seconds_count", (("stage", stage),))] == 1, stage
+    assert s[("xiaozhi_turn_response_seconds_count", ())] == 1
+    plain = [r for r in caplog.records if r.name == "tests.plain_observer"]
+    assert plain and all(r.device == "02:00:00:00:00:01" and r.session for r in plain)
+    assert any(r.getMessage().startswith("turn 1 completed") for r in caplog.records if r.name == "xiaozhi_trio.sessions")
+    ops.close()

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..store.devices import DeviceRegistry, DevicesConfig
@@ -55,6 +56,14 @@ class OpsServices:
     @property
     def sessions(self) -> int:
         return self.session_count() if self.session_count is not None else self.metrics.connected
+
+    def attach(self, app: Any) -> None:
+        """Wire into the WebSocket side (an ``App``): the live session count, the metrics as a
+        session-event observer, and ``auth.refuse_reason`` as the handshake authorizer."""
+        self.session_count = lambda: app.sessions.count
+        app.plugins.pm.register(self.metrics, name="xiaozhi_trio.metrics")
+        app.services["authorize"] = self.auth.refuse_reason
+        app.services["ops"] = self
 
     def close(self) -> None:
         """Close the registry's database connection."""
