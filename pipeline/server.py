@@ -14,6 +14,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from .app import App
+from .ops.logcontext import bind_session
 from .protocol.handshake import HandshakeError, parse_handshake
 from .session.session import DeviceSession
 
@@ -51,7 +52,7 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
     app.sessions.count += 1
     reason = "replaced by a newer connection of the same device"
     try:
-        with scope:
+        with scope, bind_session(handshake.device_id, session.session_id):
             reason = await session.run()
     except Exception:  # the session boundary: a bug in one session must not touch the others
         reason = "internal error"

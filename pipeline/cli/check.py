@@ -9,6 +9,7 @@ import sys
 from ..app import App
 from ..backends import KINDS, ConfigError
 from ..config import load_config
+from ..ops.services import OpsConfig
 from . import add_config_argument, config_path
 
 
@@ -21,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     path = config_path(args)
     config = load_config(path)
+    OpsConfig.from_config(config)  # [ota], [auth], [devices], [metrics] are checked by their owners
     print(f"config: {path or 'built-in defaults'}: ok")
     try:
         app = App.build(config)

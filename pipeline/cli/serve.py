@@ -9,6 +9,8 @@ import trio
 
 from ..app import App
 from ..config import load_config
+from ..ops.http import OpsServices, build_ops_services, serve_http
+from ..ops.logcontext import configure_logging
 from ..server import serve_devices
 from . import add_config_argument, config_path
 
@@ -27,15 +29,21 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose == 0:
         logging.getLogger().setLevel(logging.INFO)
     config = load_config(config_path(args))
+    ops = build_ops_services(config)  # checks [ota], [auth], [devices], [metrics]; opens the device registry
+    configure_logging(logging.getLogger().level, ops.ops.metrics.log_format)
     app = App.build(config)  # loads every model and checks agent credentials before listening
-    trio.run(_serve, app, args.host, args.port)
+    ops.attach(app)
+    trio.run(_serve, app, ops, args.host, args.port)
     return 0
 
 
-async def _serve(app: App, host: str | None, port: int | None) -> None:
+async def _serve(app: App, ops: OpsServices, host: str | None, port: int | None) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_devices, app, host, port)
+            http_host = ops.ops.ota.host or (host if host is not None else app.config.server.host)
+            await nursery.start(serve_http, ops, http_host, ops.ops.ota.port)
     finally:
         with trio.CancelScope(shield=True):
             await app.aclose()
+        ops.close()
