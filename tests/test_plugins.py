@@ -1,0 +1,111 @@
+"""Plugin discovery, the registries, and the hooks' documentation."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xiaozhi_trio.pipeline import hookspecs
+from xiaozhi_trio.pipeline.app import App
+from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.cli import main
+from xiaozhi_trio.pipeline.config import parse_config
+from xiaozhi_trio.pipeline.hookspecs import hookimpl
+from xiaozhi_trio.pipeline.registry import Plugins
+
+from .harness import EventLog
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+def test_built_in_backends_are_found_through_entry_points():
+    plugins = Plugins()
+    assert "silero" in plugins.backends.names("vad")
+    assert "sherpa-onnx" in plugins.backends.names("asr")
+    assert "sherpa-onnx" in plugins.backends.names("tts")
+    assert {"coze", "openai"} <= set(plugins.backends.names("agent"))
+    # Each comes from a plugin with a distribution and version, as a third-party one would.
+    infos = {info.name: info for info in plugins.info()}
+    for entry in plugins.backends.entries():
+        assert infos[entry.plugin].distribution == "xiaozhi-trio"
+
+
+def test_no_entry_points_means_no_backends():
+    assert Plugins(entry_points=False).backends.entries() == []
+
+
+def test_a_third_party_package_is_discovered(tmp_path, monkeypatch):
+    """A package installed with an entry point in our group is found with no other step."""
+    (tmp_path / "acme_tts.py").write_text(
+        textwrap.dedent(
+            """
+            from xiaozhi_trio.pipeline.hookspecs import hookimpl
+
+            @hookimpl
+            def xiaozhi_register_backends(registry):
+                registry.add("tts", "acme", lambda context, options: object(), description="Acme voices")
+            """
+        )
+    )
+    dist = tmp_path / "acme_tts-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-tts\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[xiaozhi_trio]\nacme = acme_tts\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = Plugins()
+    assert "acme" in plugins.backends.names("tts")
+    info = next(i for i in plugins.info() if i.name == "acme")
+    assert (info.distribution, info.version) == ("acme-tts", "1.2.3")
+    sys.modules.pop("acme_tts", None)
+
+
+def test_unknown_backend_names_the_available_ones(tmp_path):
+    class OneVad:
+        @hookimpl
+        def xiaozhi_register_backends(self, registry):
+            registry.add("vad", "only", lambda c, o: object())
+
+    plugins = Plugins(entry_points=False, extra=[OneVad()])
+    with pytest.raises(ConfigError, match=r"unknown vad backend 'nope'; available vad backends: only"):
+        App.build(parse_config({"vad": {"backend": "nope"}, "server": {"data_dir": str(tmp_path)}}), plugins)
+
+
+def test_duplicate_registration_names_both_plugins():
+    class A:
+        @hookimpl
+        def xiaozhi_register_backends(self, registry):
+            registry.add("asr", "same", lambda c, o: object())
+
+    class B(A):
+        pass
+
+    with pytest.raises(ValueError, match="registered twice"):
+        Plugins(entry_points=False, extra=[A(), B()])
+
+
+def test_a_failing_observer_does_not_break_the_others():
+    class Broken:
+        @hookimpl
+        def xiaozhi_session_event(self, event):
+            raise RuntimeError("observer bug")
+
+    log = EventLog()
+    plugins = Plugins(entry_points=False, extra=[Broken(), log])
+    plugins.emit("an event")  # type: ignore[arg-type]
+    assert log.events == ["an event"]
+
+
+def test_plugins_command_lists_backends_and_versions(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\(xiaozhi-trio \d", out)
+    assert "vad:silero" in out and "agent:coze" in out and "tts:sherpa-onnx" in out
+
+
+@pytest.mark.parametrize("hook", [name for name in dir(hookspecs) if name.startswith("xiaozhi_")])
+def test_every_hook_is_documented(hook):
+    assert f"`{hook}(" in DOCS.read_text(), f"{hook} is missing from docs/plugins.md"
