@@ -22,6 +22,7 @@ from .protocol.mcp import McpClient
 from .protocol.tools import SessionTools
 from .registry import Plugins
 from .store.conversations import open_conversation_store
+from .store.recordings import Recorder, recording_config
 from .workers import CpuWorkers
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class App:
     tts: SpeechSynthesizer
     context: BackendContext
     sessions: LiveSessions = field(default_factory=LiveSessions)
+    #: Per-turn recordings, when ``[recording] enabled``.
+    recorder: Recorder | None = None
     #: Extra services other parts attach (device registry, metrics, auth...).
     services: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +85,11 @@ class App:
             except ConfigError as e:
                 raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
             log.info("%s backend: %s", kind, chosen.backend)
-        return cls(config=config, plugins=plugins, workers=workers, context=context, **backends)
+        recording = recording_config(config.extra.get("recording", {}))
+        recorder = None
+        if recording.enabled:
+            recorder = Recorder(context.data_dir / "recordings", int(recording.max_megabytes * 1024 * 1024))
+        return cls(config=config, plugins=plugins, workers=workers, context=context, recorder=recorder, **backends)
 
     def make_tools(self, session: Any) -> tuple[McpClient | None, SessionTools]:
         """The session's MCP client to the device (if it speaks MCP) and its tool box."""

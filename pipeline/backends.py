@@ -10,7 +10,7 @@ fairly and the event loop never stalls.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -148,6 +148,8 @@ class AgentRequest:
     session_id: str
     text: str
     tools: ToolBox | None = None
+    #: Call with (input_tokens, output_tokens) when the service reports usage.
+    report_usage: Callable[[int, int], None] | None = None
 
 
 class Agent(Protocol):

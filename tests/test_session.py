@@ -274,3 +274,45 @@ async def test_reconnecting_device_replaces_its_old_session(tmp_path, autojump_c
                         await first.receive()
             assert second.session_id != first.session_id
             assert app.sessions.count == 1
+
+
+async def test_recordings_keep_the_utterance_and_the_reply(tmp_path, autojump_clock):
+    import dataclasses
+    import json
+
+    import soundfile
+
+    from .harness import fake_config
+
+    config = dataclasses.replace(fake_config(tmp_path), extra={"recording": {"enabled": True}})
+    app, fakes, _ = make_app(tmp_path, config=config)
+    fakes.agent.answers["remember this"] = "I will remember."
+    async with open_device(app, device_id="aa:bb:cc") as device:
+        reply, _ = await device.ask(speech("remember this"))
+    folder = tmp_path / "recordings" / "aa_bb_cc"
+    (sidecar,) = folder.glob("*.json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["transcript"] == "remember this"
+    assert meta["reply_text"] == "I will remember."
+    user, rate = soundfile.read(folder / meta["user"]["file"])
+    assert rate == 16000 and len(user) / rate > 0.9
+    spoken, rate = soundfile.read(folder / meta["reply"]["file"])
+    assert rate == 24000
+    assert len(spoken) / rate == pytest.approx(len(reply.packets) * 0.06, abs=0.07)
+
+
+async def test_agent_usage_reaches_observers(tmp_path, autojump_clock):
+    from xiaozhi_trio.pipeline.events import AgentUsage
+
+    app, fakes, events = make_app(tmp_path)
+    original = fakes.agent.respond
+
+    async def respond_with_usage(request, send):
+        await original(request, send)
+        request.report_usage(12, 34)
+
+    fakes.agent.respond = respond_with_usage  # type: ignore[method-assign]
+    async with open_device(app) as device:
+        await device.ask(speech("count tokens"))
+    (usage,) = events.of(AgentUsage)
+    assert (usage.input_tokens, usage.output_tokens) == (12, 34)

@@ -31,6 +31,7 @@ from ..messages import (
     McpMessage,
     OpusPacket,
     PartialTranscript,
+    PcmChunk,
     RecognitionFailed,
     SpeechEnded,
     SpeechStarted,
@@ -291,7 +292,7 @@ class DeviceSession:
                         self.ctx.emit(TranscriptReady, text=text, speech_ended_at=item.speech_ended_at)
                         if text:
                             await self.ctx.outbox.send_json(dm.stt(self.session_id, text))
-                            await self._start_turn(user_text=text)
+                            await self._start_turn(user_text=text, utterance=item.audio)
                     case RecognitionFailed():
                         self.ctx.emit(SessionError, kind=f"asr:{item.kind}", message=item.message)
                         await self._start_turn(fixed_reply=self.config.session.apology_text)
@@ -300,17 +301,19 @@ class DeviceSession:
                     case PartialTranscript():
                         pass
 
-    async def _start_turn(self, *, user_text: str | None = None, fixed_reply: str | None = None) -> Turn:
+    async def _start_turn(
+        self, *, user_text: str | None = None, fixed_reply: str | None = None, utterance: PcmChunk | None = None
+    ) -> Turn:
         await self._cancel_turn("replaced by a new turn")
         self._turns += 1
-        turn = Turn(self._turns)
+        turn = Turn(self._turns, reply_audio=[] if self.app.recorder is not None else None)
         self._turn = turn
         self.ctx.emit(TurnStarted, turn=turn.number, text=user_text or fixed_reply or "")
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_turn, turn, user_text, fixed_reply)
+        self._nursery.start_soon(self._run_turn, turn, user_text, fixed_reply, utterance)
         return turn
 
-    async def _run_turn(self, turn: Turn, user_text: str | None, fixed_reply: str | None) -> None:
+    async def _run_turn(self, turn: Turn, user_text: str | None, fixed_reply: str | None, utterance: PcmChunk | None) -> None:
         try:
             with turn.scope:
                 await run_turn(self.ctx, turn, user_text=user_text, fixed_reply=fixed_reply, tools=self.tools)
@@ -327,6 +330,7 @@ class DeviceSession:
                 turn.outcome = "interrupted"
             with trio.CancelScope(shield=True):
                 await self._finish_turn(turn)
+                await self._record(turn, user_text or "", utterance)
 
     async def _finish_turn(self, turn: Turn) -> None:
         try:
@@ -345,6 +349,20 @@ class DeviceSession:
                 audio_seconds=turn.progress.packets * frame,
             )
             turn.done.set()
+
+    async def _record(self, turn: Turn, transcript: str, utterance: PcmChunk | None) -> None:
+        """Keep the turn's audio when recordings are on (FLAC encoding and file I/O: a worker)."""
+        recorder = self.app.recorder
+        if recorder is None or turn.reply_audio is None:
+            return
+        rate = self.config.audio.downlink_sample_rate
+        reply = PcmChunk.join(turn.reply_audio, rate) if turn.reply_audio else None
+        try:
+            await self.app.workers.run(
+                recorder.save, self.handshake.device_id, self.session_id, turn.number, utterance, reply, transcript, " ".join(turn.reply_text)
+            )
+        except OSError as e:
+            self.log.warning("could not save the recording of turn %d: %s", turn.number, e)
 
     async def _cancel_turn(self, why: str) -> None:
         turn = self._turn

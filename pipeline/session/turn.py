@@ -15,8 +15,8 @@ import trio
 
 from ..audio.opus import OpusEncoder
 from ..backends import AgentRequest, BackendError, ToolBox
-from ..events import FirstAgentText, FirstAudio, FirstSentence, SessionError
-from ..messages import AgentText, EncodedOutput, Emotion, Sentence, SpeechOutput
+from ..events import AgentUsage, FirstAgentText, FirstAudio, FirstSentence, SessionError
+from ..messages import AgentText, EncodedOutput, Emotion, PcmChunk, Sentence, SpeechOutput
 from ..stages.agent import ask_agent, speak_text
 from ..stages.encoder import encode_speech
 from ..stages.pacing import Pacer
@@ -43,6 +43,8 @@ class Turn:
     progress: ReplyProgress = field(default_factory=ReplyProgress)
     outcome: str = "completed"
     reply_text: list[str] = field(default_factory=list)
+    #: The reply's audio at the downlink rate, kept only when recordings are on.
+    reply_audio: list[PcmChunk] | None = None
 
     @property
     def running(self) -> bool:
@@ -85,7 +87,13 @@ async def run_turn(
             nursery.start_soon(speak_text, fixed_reply, agent_send)
         else:
             assert user_text is not None
-            request = AgentRequest(ctx.device_id, ctx.session_id, user_text, tools)
+            request = AgentRequest(
+                ctx.device_id,
+                ctx.session_id,
+                user_text,
+                tools,
+                report_usage=lambda used, made: ctx.emit(AgentUsage, input_tokens=used, output_tokens=made),
+            )
             nursery.start_soon(
                 lambda: ask_agent(
                     ctx.agent,
@@ -107,7 +115,8 @@ async def run_turn(
                 on_error=on_error("tts"),
             )
         )
-        nursery.start_soon(encode_speech, speech_receive, packet_send, encoder, ctx.workers)
+        tap = turn.reply_audio.append if turn.reply_audio is not None else None
+        nursery.start_soon(encode_speech, speech_receive, packet_send, encoder, ctx.workers, tap)
         nursery.start_soon(
             send_reply,
             packet_receive,

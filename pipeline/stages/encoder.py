@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from ..audio.opus import OpusEncoder
@@ -14,16 +16,20 @@ async def encode_speech(
     send: trio.MemorySendChannel[EncodedOutput],
     encoder: OpusEncoder,
     workers: CpuWorkers,
+    tap: Callable[[PcmChunk], None] | None = None,
 ) -> None:
     """Encode in worker threads (a sentence of audio is a few ms of CPU). At each sentence end
     the last partial frame is padded with silence, so a sentence's audio ends before its mark.
 
     The encoder belongs to this turn alone: after a cancel its abandoned thread may still touch it.
+    ``tap`` sees every chunk of audio on its way in (for recordings).
     """
     with receive, send:
         async for item in receive:
             match item:
                 case PcmChunk(samples=samples):
+                    if tap is not None:
+                        tap(item)
                     packets = await workers.run(encoder.encode, samples)
                 case SentenceEnd():
                     packets = encoder.flush()
