@@ -119,6 +119,15 @@ async def barge_in(agent: CozeAgent, text: str, *, after_deltas: int = 0, after_
     return heard
 
 
+async def test_usage_is_reported_to_the_pipeline(fake: FakeCoze, make_agent: AgentFactory) -> None:
+    usage: list[tuple[int, int]] = []
+    send, receive = trio.open_memory_channel[AgentText](math.inf)
+    request = AgentRequest("aa:bb:cc:dd:ee:01", "session-1", "hello", report_usage=lambda i, o: usage.append((i, o)))
+    await make_agent().respond(request, send)
+    answer = "".join(item.text for item in [receive.receive_nowait() for _ in range(receive.statistics().current_buffer_used)])
+    assert usage == [(600, len(answer))]
+
+
 def paths(fake: FakeCoze) -> list[str]:
     return [r.path for r in fake.requests]
 

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +94,8 @@ class _Turn:
     finished: bool = False
     spoken: bool = False
     logid: str = ""
+    #: The request's usage callback (the pipeline turns it into an ``AgentUsage`` event).
+    report_usage: Callable[[int, int], None] | None = None
 
 
 class CozeAgent:
@@ -113,7 +115,7 @@ class CozeAgent:
     async def respond(self, request: AgentRequest, send: trio.MemorySendChannel[AgentText]) -> None:
         """Stream the bot's answer to ``request.text`` into ``send`` (see ``Agent``)."""
         state = await self._conversation(request.device_id)
-        turn = _Turn(state["conversation_id"])
+        turn = _Turn(state["conversation_id"], report_usage=request.report_usage)
         for attempt in (1, 2):
             try:
                 await self._chat(request, state, turn, send)
@@ -132,7 +134,7 @@ class CozeAgent:
                     state = await self._conversation(request.device_id, replace=state["conversation_id"])
                 else:
                     raise
-                turn = _Turn(state["conversation_id"])
+                turn = _Turn(state["conversation_id"], report_usage=request.report_usage)
 
     # ---- conversations -----------------------------------------------------------------------
 
@@ -249,6 +251,8 @@ class CozeAgent:
                     turn.finished = True
                     log.info("coze chat %s completed: %d input + %d output tokens (logid %s)",
                              turn.chat_id, usage.input_count, usage.output_count, turn.logid)
+                    if turn.report_usage is not None:
+                        turn.report_usage(usage.input_count, usage.output_count)
                 case ChatFailed(code=code, msg=msg):
                     turn.finished = True
                     raise CozeApiError(f"Coze chat {turn.chat_id} failed: code {code} {msg!r} (logid {turn.logid})",

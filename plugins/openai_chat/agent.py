@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,8 @@ class _Turn:
     """What one turn has said so far (for the history, whatever way the turn ends)."""
 
     said: str = ""
+    #: The request's usage callback (the pipeline turns it into an ``AgentUsage`` event).
+    report_usage: Callable[[int, int], None] | None = None
 
 
 class OpenAIChatAgent:
@@ -85,7 +87,7 @@ class OpenAIChatAgent:
         """Stream the answer to ``request`` into ``send`` (see ``Agent``)."""
         history = await self._load_history(request.device_id)
         question = {"role": "user", "content": request.text}
-        turn = _Turn()
+        turn = _Turn(report_usage=request.report_usage)
         outcome = "interrupted"
         try:
             await self._converse([*history, question], request.tools, send, turn)
@@ -216,6 +218,8 @@ class OpenAIChatAgent:
             await send.send(AgentText(tail))
         if decoder.usage:
             log.info("%s usage: %s", self.options.model, decoder.usage)
+            if turn.report_usage is not None:
+                turn.report_usage(int(decoder.usage.get("prompt_tokens") or 0), int(decoder.usage.get("completion_tokens") or 0))
         if decoder.reasoning_chars:
             log.debug("%s reasoned for %d characters (not spoken)", self.options.model, decoder.reasoning_chars)
         calls = decoder.tool_calls
