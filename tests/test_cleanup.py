@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,9 +58,16 @@ def test_one_character_at_a_time_gives_the_same_clean_text(text: str) -> None:
 def test_clean_text_has_no_markup_or_emoji_left(text: str) -> None:
     clean = clean_text(text)
     assert not set(clean) & set("*_`#\\\r😊❤👍→•\ufe0f")
-    assert "https://" not in clean and "http://" not in clean
     for line in clean.split("\n") if clean else []:
         assert line and line == tidy_whitespace(line)
+
+
+URL_TOKENS = ["https://a.b/c?d=1", "HTTP://X.Y", "www.x.cn", "see", "h", "ht", "w", "ww", ":", "/", " ", "\n", "。", ".", "?", "(", ")", "[", "](", "我"]
+
+
+@given(st.lists(st.sampled_from(URL_TOKENS), max_size=30).map("".join))
+def test_urls_are_always_shortened(text: str) -> None:
+    assert not re.search(r"(?<![A-Za-z0-9@./-])(?:https?://|www\.)", clean_text(text), re.I)
 
 
 @pytest.mark.parametrize(

@@ -47,19 +47,21 @@ _UNSPEAKABLE = (
 )
 _DROP = re.compile(f"[{_UNSPEAKABLE}*_`#\\\\]+")
 
-# A bare URL: scheme or "www." at the start of a word, then everything up to a space, CJK
-# punctuation or a bracket. Trailing .,;:!? belong to the sentence, not the URL.
-_URL_START = r"(?<![A-Za-z0-9@./_-])(?:(https?://)|(www\.))"
-_URL = re.compile(_URL_START + r"([^\s<>\"'`*()\[\]{}，。！？；：、“”‘’（）【】《》]*)", re.I)
+# A bare URL: scheme or "www." at the start of a word, then the ASCII characters a URL may hold
+# (so a space, CJK text or a bracket ends it). Trailing .,;:!? belong to the sentence.
+_URL_START = r"(?<![A-Za-z0-9@./-])(?:(https?://)|(www\.))"
+_URL_BODY = re.compile(r"[A-Za-z0-9_\-.~:/?#@!$&+,;=%]*")  # RFC 3986 characters, minus ' ( ) * [ ]
+_URL = re.compile(_URL_START + f"({_URL_BODY.pattern})", re.I)
+_HOST_END = re.compile(r"[/?#:]")
 _URL_TRAILING = ".,;:!?"
 # A link or a URL is the only thing inline that needs to see ahead.
 _SPECIAL = re.compile(r"\[|" + _URL_START, re.I)
 # The end of the text might be the beginning of a URL ("htt", "https:/", "ww").
 _URL_PARTIAL = re.compile(
-    r"(?<![A-Za-z0-9@./_-])(?:h(?:t(?:t(?:p(?:s?(?::/?)?)?)?)?)?|w(?:w(?:w)?)?)\Z", re.I
+    r"(?<![A-Za-z0-9@./-])(?:h(?:t(?:t(?:p(?:s?(?::/?)?)?)?)?)?|w(?:w(?:w)?)?)\Z", re.I
 )
-_LINK = re.compile(r"\[([^\[\]\n]{0,300})\]\(([^()\s]{0,2000})\)")
-_LINK_PARTIAL = re.compile(r"\[[^\[\]\n]{0,300}(?:\](?:\([^()\s]{0,2000})?)?\Z")
+_LINK = re.compile(r"\[([^\[\]\n]{0,300})\]\(([^()\s]{0,500})\)")
+_LINK_PARTIAL = re.compile(r"\[[^\[\]\n]{0,300}(?:\](?:\([^()\s]{0,500})?)?\Z")
 # Deltas with none of the characters above can skip the inline scanner.
 _PLAIN = re.compile(f"[^{_UNSPEAKABLE}*_`#\\\\\\[hHwW|\n]*")
 
@@ -125,16 +127,24 @@ def _line_prefix(line: str, final: bool) -> int | str | None:
 def _url_host(body: str) -> str:
     """What we say for a URL (given without its scheme): its host, without ``www.``."""
     host = re.split(r"[/?#:]", body, maxsplit=1)[0].rpartition("@")[2]
-    return host[4:] if host[:4].lower() == "www." else host
+    return "" if host.lower() == "www" else host[4:] if host[:4].lower() == "www." else host
 
 
-def _scan_inline(text: str, pos: int, final: bool) -> tuple[str, int]:
-    """Clean ``text[pos:]`` (one line, no newline); return the output and how far it got.
+def _scan_inline(text: str, pos: int, final: bool, in_url: bool = False) -> tuple[str, int, bool]:
+    """Clean ``text[pos:]`` (one line, no newline).
 
+    Returns the output, how far it got, and whether it stopped inside a URL whose host has been
+    said already (pass that back as ``in_url`` with the rest of the text: its path is skipped).
     Stops early, when not ``final``, before a link or URL whose end has not arrived yet.
     """
     out: list[str] = []
     n = len(text)
+    if in_url:
+        body = _URL_BODY.match(text, pos).group()  # type: ignore[union-attr]  # may be empty
+        kept = len(body.rstrip(_URL_TRAILING))
+        if pos + len(body) == n and not final:
+            return "", pos + kept, True  # trailing .,;:!? may still be followed by more URL
+        pos, in_url = pos + kept, False  # trailing .,;:!? end the sentence, not the URL
     while pos < n:
         m = _SPECIAL.search(text, pos)
         if m is None:
@@ -162,12 +172,20 @@ def _scan_inline(text: str, pos: int, final: bool) -> tuple[str, int]:
             continue
         url = _URL.match(text, pos)
         assert url is not None  # _SPECIAL found its start here
+        body = url.group(3)
+        kept = len(body.rstrip(_URL_TRAILING))
         if url.end() == n and not final:
-            break  # the URL may go on
-        body = url.group(3).rstrip(_URL_TRAILING)
-        out.append(_url_host(body))
-        pos = url.start(3) + len(body)
-    return _DROP.sub("", "".join(out)).replace("|", " "), pos
+            host_end = _HOST_END.search(body, 0, kept)
+            if host_end is None:
+                break  # the host may go on
+            # The host is complete: say it now and skip the rest of the URL as it arrives, so a
+            # long URL is not rescanned on every delta.
+            out.append(_url_host(body[:kept]))
+            pos, in_url = url.start(3) + kept, True
+            break
+        out.append(_url_host(body[:kept]))
+        pos = url.start(3) + kept
+    return _DROP.sub("", "".join(out)).replace("|", " "), pos, in_url
 
 
 class MarkdownCleaner:
@@ -187,10 +205,11 @@ class MarkdownCleaner:
         self._ctx = ""  # the raw character before it (URLs only start at a word boundary)
         self._state = _Line.START
         self._fence = ""  # the marker of the open code block, "" outside code
+        self._in_url = False  # skipping the rest of a URL whose host was said
 
     def feed(self, text: str) -> str:
         """Clean the next delta; returns whatever is certain so far (possibly nothing)."""
-        if self._state is _Line.TEXT and not self._line and _PLAIN.fullmatch(text):
+        if self._state is _Line.TEXT and not (self._line or self._in_url) and _PLAIN.fullmatch(text):
             if text:
                 self._ctx = text[-1]
             return text  # the common case: plain words in the middle of a line
@@ -200,7 +219,7 @@ class MarkdownCleaner:
             self._line += text[start:newline]
             out.append(self._process(final=True))
             out.append("\n")
-            self._line, self._ctx, self._state = "", "", _Line.START
+            self._line, self._ctx, self._state, self._in_url = "", "", _Line.START, False
             start = newline + 1
         self._line += text[start:]
         out.append(self._process(final=False))
@@ -215,6 +234,9 @@ class MarkdownCleaner:
     def _process(self, final: bool) -> str:
         """Clean as much of the current line as can be decided (all of it when ``final``)."""
         if self._state is _Line.START:
+            # Leading whitespace and quote markers are dropped on any line; dropping them as they
+            # arrive keeps a long run of them from being rescanned on every delta.
+            self._line = self._line.lstrip(" \t>")
             if self._fence:
                 self._state = self._inside_fence(final)
                 if self._state is _Line.START:
@@ -235,7 +257,7 @@ class MarkdownCleaner:
             self._line = ""
             return ""
         text = self._ctx + self._line
-        out, pos = _scan_inline(text, len(self._ctx), final)
+        out, pos, self._in_url = _scan_inline(text, len(self._ctx), final, self._in_url)
         if pos > len(self._ctx):
             self._ctx = text[pos - 1]
         self._line = text[pos:]

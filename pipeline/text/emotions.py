@@ -129,8 +129,7 @@ class LeadingEmotion:
         """Take the next delta (``final`` at the end of the reply); return the emotion once found."""
         if self.done:
             return None
-        self._head += delta
-        head = self._head.lstrip()
+        head = self._head = (self._head + delta).lstrip()  # leading whitespace is never kept
         if not head:
             self.done = final
             return None

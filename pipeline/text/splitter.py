@@ -37,8 +37,10 @@ _CLOSERS = "\"'”’」』）)]】》〉"
 
 _CANDIDATES = re.compile(f"[\n{re.escape(_ENDS)}]")
 _FIRST_CANDIDATES = re.compile(f"[\n{re.escape(_ENDS + _CLAUSES)}]")
-_END_RUN = re.compile(f"[{re.escape(_ENDS)}]+[{re.escape(_CLOSERS)}]*")
-_CLAUSE_RUN = re.compile(f"[{re.escape(_CLAUSES)}][{re.escape(_CLOSERS)}]*")
+# Runs are bounded so that a flood of "!!!!" is never rescanned whole on every delta.
+_END_RUN = re.compile(f"[{re.escape(_ENDS)}]{{1,8}}[{re.escape(_CLOSERS)}]{{0,4}}")
+_CLAUSE_RUN = re.compile(f"[{re.escape(_CLAUSES)}][{re.escape(_CLOSERS)}]{{0,4}}")
+_LOOKAHEAD = 16  # how far past a space to look for the next word
 
 _SPEAKABLE = re.compile(r"[^\W_]")  # a letter, digit or CJK character
 _NON_SPACE = re.compile(r"\S")
@@ -177,9 +179,9 @@ class SentenceSplitter:
             return False, end
         # A lowercase word after it means the sentence goes on ("etc. and", "so... maybe").
         if after.isspace():
-            word = _NON_SPACE.search(buf, end)
-            if word is None:
-                return (True, end) if final else None
+            word = _NON_SPACE.search(buf, end, end + _LOOKAHEAD)
+            if word is None:  # a long gap is a break too
+                return (True, end) if final or len(buf) >= end + _LOOKAHEAD else None
             after = buf[word.start()]
         return not ("a" <= after <= "z"), end
 
