@@ -313,16 +313,11 @@ class Device:
 
         self.client = client
         self.mcp = SimulatedDevice()
-        client.mcp_handler = self._answer_mcp
         self.heard = Heard()
         self.keepalives = 0
         self.stray_packets = 0
         self.closed = trio.Event()
         self._speaking = False
-
-    async def _answer_mcp(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        replies = self.mcp.handle(payload)
-        return replies[0] if replies else None
 
     def expect_reply(self) -> Heard:
         self.heard = Heard()
@@ -343,8 +338,12 @@ class Device:
                         self.stray_packets += 1
                     continue
                 kind, state = item.get("type"), item.get("state")
-                if kind == "mcp" and item.get("payload", {}).get("method") == "notifications/keepalive":
-                    self.keepalives += 1
+                if kind == "mcp":
+                    payload = item.get("payload", {})
+                    if payload.get("method") == "notifications/keepalive":
+                        self.keepalives += 1
+                    for answer in self.mcp.handle(payload):
+                        await self.client.send_json({"type": "mcp", "payload": answer})
                 elif kind == "stt":
                     self.heard.stt, self.heard.stt_at = item.get("text"), now
                 elif kind == "tts" and state == "start":
