@@ -9,7 +9,7 @@ framing) and reads a reply the way the firmware plays it: audio only between ``t
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,8 @@ from .messages import OpusPacket, PcmChunk, Samples
 
 UPLINK_RATE = 16000
 
-McpHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+#: Answers the server's MCP requests as the device's MCP server would: payload in, replies out.
+McpHandler = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
 @dataclass
@@ -170,9 +171,8 @@ class DeviceClient:
             else:
                 return frame
         data = json.loads(message)
-        if data.get("type") == "mcp" and self.mcp_handler is not None and "method" in data.get("payload", {}):
-            answer = await self.mcp_handler(data["payload"])
-            if answer is not None:
+        if data.get("type") == "mcp" and self.mcp_handler is not None:
+            for answer in self.mcp_handler(data.get("payload")):
                 await self.send_json({"type": "mcp", "payload": answer})
         return data
 

@@ -89,12 +89,20 @@ def fake_config(data_dir: Path, **session: Any) -> Config:
     )
 
 
-def make_app(data_dir: Path, fakes: FakeBackends | None = None, *, config: Config | None = None, **session: Any) -> tuple[App, FakeBackends, EventLog]:
+def make_app(
+    data_dir: Path,
+    fakes: FakeBackends | None = None,
+    *,
+    config: Config | None = None,
+    plugins: tuple[object, ...] = (),
+    **session: Any,
+) -> tuple[App, FakeBackends, EventLog]:
+    """An app on the fake backends (and any extra ``plugins``), with inline CPU workers."""
     fakes = fakes or FakeBackends()
     events = EventLog()
-    plugins = Plugins(entry_points=False, extra=[fakes, events])
+    plugin_manager = Plugins(entry_points=False, extra=[fakes, events, *plugins])
     config = config or fake_config(data_dir, **session)
-    app = App.build(config, plugins)
+    app = App.build(config, plugin_manager)
     app.workers = InlineWorkers()  # type: ignore[assignment]
     return app, fakes, events
 
