@@ -78,7 +78,8 @@ class App:
             conversations = open_conversation_store(config.extra.get("store", {}), data_dir)
             context = BackendContext(data_dir=data_dir, workers=workers, conversations=conversations)
         backends: dict[str, Any] = {}
-        for kind in KINDS:
+        # The agent first: missing credentials should stop the server before models load.
+        for kind in sorted(KINDS, key=lambda k: k != "agent"):
             chosen = config.backend(kind)
             try:
                 backends[kind] = plugins.backends.create(kind, chosen.backend, context, chosen.options)
