@@ -37,6 +37,7 @@ from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .batching import Batcher
 from .models import ModelFiles, ModelInvalid
+from .models.catalog import get_entry
 from .models.locate import locate_model
 from .models.validate import validate_model
 
@@ -59,6 +60,9 @@ QUIET_RATIO = 0.1
 SILENCE_FLOOR = 3e-4
 #: Quiet kept at each end of a piece.
 PAD_SECONDS = 0.25
+#: Silence added after each piece: offline models end words badly on audio that stops mid-sound
+#: (Moonshine then repeats its last word many times over).
+TAIL_SILENCE_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -339,7 +343,8 @@ class OfflineRecognition:
         ranges = speech_pieces(samples, self._asr.options.max_segment_seconds)
         if not ranges:
             return ""
-        texts = await self._asr.batcher.decode([samples[lo:hi] for lo, hi in ranges])
+        tail = np.zeros(round(TAIL_SILENCE_SECONDS * SAMPLE_RATE), dtype=np.float32)
+        texts = await self._asr.batcher.decode([np.concatenate([samples[lo:hi], tail]) for lo, hi in ranges])
         return join_texts(texts)
 
 
@@ -394,6 +399,8 @@ def load_asr(files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> She
 def create_asr(context: BackendContext, options: Mapping[str, Any]) -> SherpaAsr:
     """The ``sherpa-onnx`` ASR factory."""
     parsed = AsrOptions.parse(options)
+    if (entry := get_entry(parsed.model)).role != "asr":  # before preparing anything
+        raise ConfigError(f"[asr] model {parsed.model!r} is a {entry.role} model, not a speech recognizer")
     files = locate_model(parsed.model, context.models_dir)
     return load_asr(files, context.workers, parsed)
 

@@ -69,13 +69,13 @@ class Batcher(Generic[T, R]):
                 if self._running:
                     await self._finished.wait()
                 else:
-                    await self._lead()
+                    await self._lead(job)
         finally:
             if job in self._queue:  # cancelled before any batch took it
                 self._queue.remove(job)
         return job.result.unwrap()
 
-    async def _lead(self) -> None:
+    async def _lead(self, own: _Job[T, R]) -> None:
         self._running = True
         batch: list[_Job[T, R]] = []
         try:
@@ -100,7 +100,7 @@ class Batcher(Generic[T, R]):
                 for job, value in zip(batch, result.unwrap(), strict=True):
                     job.result = outcome.Value(value)
         except BaseException:
-            others = [job for job in batch if job.result is None]
+            others = [job for job in batch if job.result is None and job is not own]
             self._queue[:0] = others
             self.stats.requeued += len(others)
             raise
