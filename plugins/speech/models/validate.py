@@ -207,7 +207,8 @@ def _load_and_run(files: ModelFiles) -> None:
         tts = sherpa_onnx.OfflineTts(config)
         _step("run", main_role, files.files.get(main_role, "-"))
         generation = sherpa_onnx.GenerationConfig()
-        text = "Hello." if "en" in files.language.split(",") else "你好。"
+        # Lexicon voices know their main language best: Chinese first where they speak it.
+        text = "你好。" if "zh" in files.language.split(",") else "Hello."
         if files.family in PHONEME_FAMILIES:
             symbols = read_token_symbols(files.files["tokens"])
             generation.phoneme_codepoints = phoneme_sentences(
