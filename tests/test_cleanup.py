@@ -109,6 +109,22 @@ def test_spaces_after_a_marker_do_not_depend_on_chunking(text: str) -> None:
     assert len(outputs) == 1 and outputs.pop().strip() == "x"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("````\ncode\n```\nstill code\n````\nafter", "after"),  # only a fence as long closes
+        ("- " * 60 + "x\nafter", "after"),  # a rule: decided within 80 characters
+        ("|" + "-" * 100 + "|\nafter", "after"),
+        ("-" + " " * 90 + "x", "x"),
+    ],
+)
+def test_line_markup_is_decided_the_same_way_in_any_chunks(text: str, expected: str) -> None:
+    outputs = {feed_in_pieces(text, [cut]) for cut in range(len(text) + 1)}
+    outputs.add(feed_in_pieces(text, list(range(len(text)))))
+    assert len(outputs) == 1
+    assert clean_text(text) == expected
+
+
 def test_a_url_split_across_deltas_is_still_shortened() -> None:
     cleaner = MarkdownCleaner()
     out = [cleaner.feed(piece) for piece in ["Visit ht", "tps:/", "/docs.exa", "mple.com/x", " now"]]

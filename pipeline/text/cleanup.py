@@ -69,8 +69,11 @@ _PLAIN = re.compile(f"[^{_UNSPEAKABLE}*_`#\\\\\\[hHwW|\n]*")
 _BULLET = re.compile(r"[-*+][ \t]")
 _ORDERED = re.compile(r"\d{1,3}[.)][ \t]")
 _ORDERED_PARTIAL = re.compile(r"\d{1,3}[.)]?")
+_FENCE_RUN = re.compile(r"`+|~+")
 _RULE_CHARS = re.compile(r"[-*_ \t]*")
 _TABLE_RULE_CHARS = re.compile(r"[|:\- \t]*")
+# A line that still looks like a rule after this many characters is one: no need to wait longer.
+_HOLD_MAX = 80
 
 
 class _Line(Enum):
@@ -96,29 +99,29 @@ def _line_prefix(line: str, final: bool) -> int | str | None:
         if line[i] != ">":
             break
         i += 1
-    c, rest = line[i], line[i:]
+    c, rest = line[i], line[i : i + _HOLD_MAX]  # a decision never looks further than this
     if c in "`~":
-        run = len(rest) - len(rest.lstrip(c))
-        if run >= 3:
-            return c * run
-        return None if run == len(rest) and not final else i
+        run = _FENCE_RUN.match(line, i).end()  # type: ignore[union-attr]  # c starts a run
+        if run == len(line) and not final:
+            return None  # a longer fence needs a longer one to close it: wait for the whole run
+        return line[i:run] if run - i >= 3 else i
     if c in "-*_+":
         if c != "+" and _RULE_CHARS.fullmatch(rest):
-            if not final:
+            if not final and len(rest) < _HOLD_MAX:
                 return None  # "- " may still become a list item, "--" a rule
             if sum(ch in "-*_" for ch in rest) >= 3:
                 return _DROP_LINE
         m = _BULLET.match(line, i)
         if m:
             return m.end()
-        return None if len(rest) == 1 and not final else i
+        return None if len(line) == i + 1 and not final else i
     if c.isdigit():
         m = _ORDERED.match(line, i)
         if m:
             return m.end()
-        return None if _ORDERED_PARTIAL.fullmatch(rest) and not final else i
+        return None if _ORDERED_PARTIAL.fullmatch(line, i) and not final else i
     if c == "|" and _TABLE_RULE_CHARS.fullmatch(rest):
-        if not final:
+        if not final and len(rest) < _HOLD_MAX:
             return None
         return _DROP_LINE if "-" in rest else i
     return i
