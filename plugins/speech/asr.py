@@ -58,11 +58,8 @@ FRAME = 320
 QUIET_RATIO = 0.1
 #: Below this RMS (about -70 dBFS) a frame is quiet whatever the level; all quiet: no speech.
 SILENCE_FLOOR = 3e-4
-#: Quiet kept at each end of a piece.
+#: Quiet kept (or, after the speech, made up with zeros) at each end of a piece.
 PAD_SECONDS = 0.25
-#: Silence added after each piece: offline models end words badly on audio that stops mid-sound
-#: (Moonshine then repeats its last word many times over).
-TAIL_SILENCE_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -175,10 +172,15 @@ def recognizer_recipe(files: ModelFiles, *, num_threads: int = 1, language: str 
 # --------------------------------------------------------------------------------------------
 
 
-def speech_pieces(samples: Samples, max_seconds: float, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
-    """Where to decode: ``(start, stop)`` sample ranges covering the utterance's speech.
+def speech_pieces(
+    samples: Samples, max_seconds: float, sample_rate: int = SAMPLE_RATE
+) -> list[tuple[int, int, int]]:
+    """Where to decode: ``(start, stop, silence)`` for each piece of the utterance's speech, to be
+    decoded as ``samples[start:stop]`` followed by ``silence`` zeros.
 
-    Quiet longer than ``PAD_SECONDS`` at either end is left out; a stretch longer than
+    Quiet longer than ``PAD_SECONDS`` at either end is left out, and zeros make up the quiet after
+    the speech where the audio has less (offline models end words badly on audio that stops
+    mid-sound: Moonshine then repeats its last word many times over). A stretch longer than
     ``max_seconds`` is cut in the middle of its longest quiet run in the second half of the allowed
     length (or at its quietest frame), so no speech is dropped. Silence alone gives no pieces.
     """
@@ -193,16 +195,17 @@ def speech_pieces(samples: Samples, max_seconds: float, sample_rate: int = SAMPL
     pad = round(PAD_SECONDS * sample_rate / FRAME)
     limit = max(2, int(max_seconds * sample_rate / FRAME))
 
-    def trimmed(lo: int, hi: int) -> tuple[int, int] | None:
+    def trimmed(lo: int, hi: int) -> tuple[int, int, int] | None:
         loud = np.flatnonzero(~quiet[lo:hi])
         if not len(loud):
             return None
-        return max(lo, lo + int(loud[0]) - pad), min(hi, lo + int(loud[-1]) + 1 + pad)
+        end = lo + int(loud[-1]) + 1 + pad
+        return max(lo, lo + int(loud[0]) - pad), min(hi, end), max(0, end - hi)
 
-    pieces: list[tuple[int, int]] = []
+    pieces: list[tuple[int, int, int]] = []
     span = trimmed(0, frames)
     while span is not None:
-        lo, hi = span
+        lo, hi, _ = span
         if hi - lo <= limit:
             pieces.append(span)
             break
@@ -210,10 +213,11 @@ def speech_pieces(samples: Samples, max_seconds: float, sample_rate: int = SAMPL
         if (head := trimmed(lo, cut)) is not None:
             pieces.append(head)
         span = trimmed(cut, hi)
-    ranges = [(lo * FRAME, hi * FRAME) for lo, hi in pieces]
-    if ranges and ranges[-1][1] == frames * FRAME:
-        ranges[-1] = (ranges[-1][0], len(samples))  # keep the last partial frame
-    return ranges
+    result = [(lo * FRAME, hi * FRAME, missing * FRAME) for lo, hi, missing in pieces]
+    if result and result[-1][1] == frames * FRAME:  # keep the last partial frame
+        lo, _, missing = result[-1]
+        result[-1] = (lo, len(samples), max(0, missing - (len(samples) - frames * FRAME)))
+    return result
 
 
 def _best_cut(rms: np.ndarray, quiet: np.ndarray, lo: int, hi: int) -> int:
@@ -340,11 +344,13 @@ class OfflineRecognition:
     async def finish(self, utterance: PcmChunk) -> str:
         """Decode the whole utterance (batched with other sessions' utterances) and return its text."""
         samples = to_sample_rate(utterance)
-        ranges = speech_pieces(samples, self._asr.options.max_segment_seconds)
-        if not ranges:
+        pieces = [
+            np.concatenate([samples[start:stop], np.zeros(silence, np.float32)]) if silence else samples[start:stop]
+            for start, stop, silence in speech_pieces(samples, self._asr.options.max_segment_seconds)
+        ]
+        if not pieces:
             return ""
-        tail = np.zeros(round(TAIL_SILENCE_SECONDS * SAMPLE_RATE), dtype=np.float32)
-        texts = await self._asr.batcher.decode([np.concatenate([samples[lo:hi], tail]) for lo, hi in ranges])
+        texts = await self._asr.batcher.decode(pieces)
         return join_texts(texts)
 
 
