@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from xiaozhi_trio.pipeline.messages import AgentText, Emotion, Sentence
 from xiaozhi_trio.pipeline.stages.sentences import split_sentences
 from xiaozhi_trio.pipeline.text.cleanup import clean_text, tidy_whitespace
@@ -20,11 +20,65 @@ Item = Sentence | Emotion
 # Pieces of replies: every kind of punctuation, abbreviation, number, URL and markup the
 # splitter has a rule for, mixed with arbitrary characters.
 REPLY_TOKENS = [
-    "。", "！", "？", "；", "，", "、", "：", "…", "……", "...", ".", "!", "?", ",", ";", ":",
-    "\n", " ", "  ", "”", "\"", ")", "）", "3.14", "1.5万", "10:30", "1,000", "e.g.", "i.e.",
-    "Mr.", "Dr.", "etc.", "U.S.", "J.", "1. ", "a.m.", "https://example.com/a.b?c=1", "www.x.cn",
-    "a.b@c.com", "**", "# ", "- ", "`", "```", "[x](y)", "|", "😊", "❤️", " 😂 ", "你好", "我是小智",
-    "今天天气不错", "Hello", "world", "The", "cat", "and", "so", "Wow",
+    "。",
+    "！",
+    "？",
+    "；",
+    "，",
+    "、",
+    "：",
+    "…",
+    "……",
+    "...",
+    ".",
+    "!",
+    "?",
+    ",",
+    ";",
+    ":",
+    "\n",
+    " ",
+    "  ",
+    "”",
+    '"',
+    ")",
+    "）",
+    "3.14",
+    "1.5万",
+    "10:30",
+    "1,000",
+    "e.g.",
+    "i.e.",
+    "Mr.",
+    "Dr.",
+    "etc.",
+    "U.S.",
+    "J.",
+    "1. ",
+    "a.m.",
+    "https://example.com/a.b?c=1",
+    "www.x.cn",
+    "a.b@c.com",
+    "**",
+    "# ",
+    "- ",
+    "`",
+    "```",
+    "[x](y)",
+    "|",
+    "😊",
+    "❤️",
+    " 😂 ",
+    "你好",
+    "我是小智",
+    "今天天气不错",
+    "Hello",
+    "world",
+    "The",
+    "cat",
+    "and",
+    "so",
+    "Wow",
 ]
 
 
@@ -38,7 +92,7 @@ def split(text: str, cuts: list[int] | None = None, **options: int) -> list[Item
     splitter = SentenceSplitter(**options)
     bounds = [0, *sorted(cuts or []), len(text)]
     items: list[Item] = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         items += splitter.feed(text[a:b])
     return items + splitter.flush()
 
@@ -139,8 +193,14 @@ def test_at_most_one_emotion_and_only_first(text: str) -> None:
     ("text", "expected"),
     [
         # Chinese: the first clause "你好，" is too short to go alone.
-        ("你好，我是小智。今天天气不错！要出去走走吗？", ["你好，我是小智。", "今天天气不错！", "要出去走走吗？"]),
-        ("Hello there! I'm Xiaozhi. How are you?", ["Hello there!", "I'm Xiaozhi.", "How are you?"]),
+        (
+            "你好，我是小智。今天天气不错！要出去走走吗？",
+            ["你好，我是小智。", "今天天气不错！", "要出去走走吗？"],
+        ),
+        (
+            "Hello there! I'm Xiaozhi. How are you?",
+            ["Hello there!", "I'm Xiaozhi.", "How are you?"],
+        ),
         ("好的!我们走吧?Let's go. 出发。", ["好的!", "我们走吧?", "Let's go.", "出发。"]),
         ("OK.我们走。", ["OK.", "我们走。"]),
         ("他说：“你好。”然后走了。", ["他说：“你好。”", "然后走了。"]),
@@ -148,29 +208,56 @@ def test_at_most_one_emotion_and_only_first(text: str) -> None:
         # Numbers.
         ("Pi is 3.14. It never ends.", ["Pi is 3.14.", "It never ends."]),
         ("一共1.5万元。好贵！", ["一共1.5万元。", "好贵！"]),
-        ("OK. We meet at 10:30, 1,000 people. Fine.", ["OK.", "We meet at 10:30, 1,000 people.", "Fine."]),
+        (
+            "OK. We meet at 10:30, 1,000 people. Fine.",
+            ["OK.", "We meet at 10:30, 1,000 people.", "Fine."],
+        ),
         ("I have 3. Then 4.", ["I have 3.", "Then 4."]),
         # Abbreviations and initials.
         ("OK. Use e.g. salt, i.e. NaCl. Done.", ["OK.", "Use e.g. salt, i.e. NaCl.", "Done."]),
-        ("Mr. Smith met Dr. Who and Mrs. Lee. They talked.", ["Mr. Smith met Dr. Who and Mrs. Lee.", "They talked."]),
-        ("Apples, pears, etc. and more. Then etc. Next.", ["Apples, pears, etc. and more.", "Then etc.", "Next."]),
-        ("In the U.S. government. In the U.S. The end.", ["In the U.S. government.", "In the U.S.", "The end."]),
+        (
+            "Mr. Smith met Dr. Who and Mrs. Lee. They talked.",
+            ["Mr. Smith met Dr. Who and Mrs. Lee.", "They talked."],
+        ),
+        (
+            "Apples, pears, etc. and more. Then etc. Next.",
+            ["Apples, pears, etc. and more.", "Then etc.", "Next."],
+        ),
+        (
+            "In the U.S. government. In the U.S. The end.",
+            ["In the U.S. government.", "In the U.S.", "The end."],
+        ),
         ("J. K. Rowling wrote it. So do I. Yes.", ["J. K. Rowling wrote it.", "So do I.", "Yes."]),
-        ("At 7 a.m. we left. At 8 p.m. We slept.", ["At 7 a.m. we left.", "At 8 p.m.", "We slept."]),
+        (
+            "At 7 a.m. we left. At 8 p.m. We slept.",
+            ["At 7 a.m. we left.", "At 8 p.m.", "We slept."],
+        ),
         ("Mr.王来了。", ["Mr.王来了。"]),
         # Ellipses.
         ("Well... I think so. Hmm... maybe not.", ["Well...", "I think so.", "Hmm... maybe not."]),
         ("wait...what? OK.", ["wait...what?", "OK."]),
         ("嗯……让我想想。", ["嗯……", "让我想想。"]),
         # URLs and e-mail.
-        ("See https://example.com/a.b?c=1. Then mail a.b@c.com. Bye!", ["See example.com.", "Then mail a.b@c.com.", "Bye!"]),
+        (
+            "See https://example.com/a.b?c=1. Then mail a.b@c.com. Bye!",
+            ["See example.com.", "Then mail a.b@c.com.", "Bye!"],
+        ),
         ("访问 www.baidu.com/s?wd=1 吧！", ["访问 baidu.com 吧！"]),
         # Lists and markdown.
-        ("Here are the steps\n1. First item\n2. Second item\n- Third", ["Here are the steps", "First item", "Second item", "Third"]),
+        (
+            "Here are the steps\n1. First item\n2. Second item\n- Third",
+            ["Here are the steps", "First item", "Second item", "Third"],
+        ),
         ("## 天气\n**北京**：晴，25℃。\n> 注意防晒", ["天气", "北京：晴，25℃。", "注意防晒"]),
-        ("Run this:\n```python\nprint('hi. there')\n```\nThat prints hi.", ["Run this:", "That prints hi."]),
+        (
+            "Run this:\n```python\nprint('hi. there')\n```\nThat prints hi.",
+            ["Run this:", "That prints hi."],
+        ),
         ("| 城市 | 天气 |\n|---|---|\n| 北京 | 晴 |", ["城市 天气", "北京 晴"]),
-        ("Read [the guide. It helps](https://x.io). Now.", ["Read the guide.", "It helps.", "Now."]),
+        (
+            "Read [the guide. It helps](https://x.io). Now.",
+            ["Read the guide.", "It helps.", "Now."],
+        ),
         # Punctuation with nothing to say joins what follows; at the end it is dropped.
         ("！！你好。", ["！！你好。"]),
         ("...\nHello. ...", ["... Hello."]),
@@ -184,7 +271,10 @@ def test_examples(text: str, expected: list[str]) -> None:
 
 def test_first_clause_shortcut() -> None:
     # Long enough: 5 CJK characters, or 4 English words (6 units).
-    assert sentences("好的呀朋友，我来帮你查一下，马上就好。") == ["好的呀朋友，", "我来帮你查一下，马上就好。"]
+    assert sentences("好的呀朋友，我来帮你查一下，马上就好。") == [
+        "好的呀朋友，",
+        "我来帮你查一下，马上就好。",
+    ]
     assert sentences("Sure thing my friend, let me check that, one moment.") == [
         "Sure thing my friend,",
         "let me check that, one moment.",
@@ -195,14 +285,20 @@ def test_first_clause_shortcut() -> None:
     # Three English words are enough (4.5 units >= 4).
     assert sentences("Yes of course, here.") == ["Yes of course,", "here."]
     # Only the first segment gets the shortcut.
-    assert sentences("你好呀朋友们，欢迎。今天天气很好，对吧？") == ["你好呀朋友们，", "欢迎。", "今天天气很好，对吧？"]
+    assert sentences("你好呀朋友们，欢迎。今天天气很好，对吧？") == [
+        "你好呀朋友们，",
+        "欢迎。",
+        "今天天气很好，对吧？",
+    ]
     # It is configurable, down to any clause mark at all.
     assert sentences("你好，我是小智。", first_clause_min_chars=0) == ["你好，", "我是小智。"]
     assert sentences("好的呀朋友，我来。", first_clause_min_chars=10) == ["好的呀朋友，我来。"]
 
 
 def test_clause_marks_need_a_space_in_english() -> None:
-    assert sentences("At 10:30,1,000 people came; all of them, sadly, left.", first_clause_min_chars=0) == [
+    assert sentences(
+        "At 10:30,1,000 people came; all of them, sadly, left.", first_clause_min_chars=0
+    ) == [
         "At 10:30,1,000 people came;",
         "all of them, sadly, left.",
     ]
@@ -222,7 +318,12 @@ def test_long_text_without_sentence_ends_is_cut() -> None:
     assert all(40 <= len(p) <= 50 for p in parts[:-1]) and len(parts[-1]) <= 50
     # At a clause mark before the last space.
     text = "aaa bbb, ccc ddd eee fff ggg hhh iii jjj kkk lll mmm nnn ooo ppp qqq rrr."
-    assert sentences(text, max_chars=30) == ["aaa bbb,", "ccc ddd eee fff ggg hhh iii", "jjj kkk lll mmm nnn ooo ppp", "qqq rrr."]
+    assert sentences(text, max_chars=30) == [
+        "aaa bbb,",
+        "ccc ddd eee fff ggg hhh iii",
+        "jjj kkk lll mmm nnn ooo ppp",
+        "qqq rrr.",
+    ]
     # Chinese without any space or punctuation: cut right at the limit.
     chinese = "没有标点的中文回复" * 20
     parts = sentences(chinese, max_chars=40)

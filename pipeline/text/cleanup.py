@@ -51,14 +51,14 @@ _DROP = re.compile(f"[{_UNSPEAKABLE}*_`#\\\\]+")
 # (so a space, CJK text or a bracket ends it). Trailing .,;:!? belong to the sentence.
 _URL_START = r"(?<![A-Za-z0-9@./-])(?:(https?://)|(www\.))"
 _URL_BODY = re.compile(r"[A-Za-z0-9_\-.~:/?#@!$&+,;=%]*")  # RFC 3986 characters, minus ' ( ) * [ ]
-_URL = re.compile(_URL_START + f"({_URL_BODY.pattern})", re.I)
+_URL = re.compile(_URL_START + f"({_URL_BODY.pattern})", re.IGNORECASE)
 _HOST_END = re.compile(r"[/?#:]")
 _URL_TRAILING = ".,;:!?"
 # A link or a URL is the only thing inline that needs to see ahead.
-_SPECIAL = re.compile(r"\[|" + _URL_START, re.I)
+_SPECIAL = re.compile(r"\[|" + _URL_START, re.IGNORECASE)
 # The end of the text might be the beginning of a URL ("htt", "https:/", "ww").
 _URL_PARTIAL = re.compile(
-    r"(?<![A-Za-z0-9@./-])(?:h(?:t(?:t(?:p(?:s?(?::/?)?)?)?)?)?|w(?:w(?:w)?)?)\Z", re.I
+    r"(?<![A-Za-z0-9@./-])(?:h(?:t(?:t(?:p(?:s?(?::/?)?)?)?)?)?|w(?:w(?:w)?)?)\Z", re.IGNORECASE
 )
 _LINK = re.compile(r"\[([^\[\]\n]{0,300})\]\(([^()\s]{0,500})\)")
 _LINK_PARTIAL = re.compile(r"\[[^\[\]\n]{0,300}(?:\](?:\([^()\s]{0,500})?)?\Z")
@@ -212,7 +212,11 @@ class MarkdownCleaner:
 
     def feed(self, text: str) -> str:
         """Clean the next delta; returns whatever is certain so far (possibly nothing)."""
-        if self._state is _Line.TEXT and not (self._line or self._in_url) and _PLAIN.fullmatch(text):
+        if (
+            self._state is _Line.TEXT
+            and not (self._line or self._in_url)
+            and _PLAIN.fullmatch(text)
+        ):
             if text:
                 self._ctx = text[-1]
             return text  # the common case: plain words in the middle of a line

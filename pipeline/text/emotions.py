@@ -105,7 +105,9 @@ def emotion_named(name: str) -> Emotion:
     try:
         return Emotion(name, EMOTIONS[name])
     except KeyError:
-        raise ValueError(f"unknown emotion {name!r}; the firmware knows {', '.join(EMOTIONS)}") from None
+        raise ValueError(
+            f"unknown emotion {name!r}; the firmware knows {', '.join(EMOTIONS)}"
+        ) from None
 
 
 class LeadingEmotion:
@@ -126,7 +128,7 @@ class LeadingEmotion:
         self.done = False
 
     def feed(self, delta: str, final: bool = False) -> Emotion | None:
-        """Take the next delta (``final`` at the end of the reply); return the emotion once found."""
+        """Take the next delta (``final``: the reply ended); return the emotion once it is found."""
         if self.done:
             return None
         head = self._head = (self._head + delta).lstrip()  # leading whitespace is never kept

@@ -54,8 +54,11 @@ _LATIN_WORD = re.compile(r"[A-Za-z0-9\u00c0-\u024f]+(?:['’.,:][A-Za-z0-9]+)*")
 #: all followed by what they introduce. Others (``etc.``, ``U.S.``) end one unless a lowercase
 #: word follows.
 ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt rev gen gov sen rep capt lt col sgt "
-    "vs cf viz approx e.g i.e fig figs eq vol".split()
+    {
+        *("mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "rev", "gen", "gov", "sen"),
+        *("rep", "capt", "lt", "col", "sgt", "vs", "cf", "viz", "approx", "e.g", "i.e", "fig"),
+        *("figs", "eq", "vol"),
+    }
 )
 
 
@@ -187,7 +190,7 @@ class SentenceSplitter:
 
     @staticmethod
     def _period_continues(buf: str, at: int) -> bool:
-        """Whether the period at ``at`` belongs to what precedes it rather than ending a sentence."""
+        """Does the period at ``at`` belong to the word before it rather than end a sentence?"""
         if _LIST_NUMBER.match(buf, 0, at):
             return True  # "1." opening a segment numbers a list item
         word = _WORD_BEFORE.search(buf, max(0, at - 16), at)
