@@ -13,11 +13,15 @@ Scenarios:
 * ``new device, activation``: first check-ins of never-seen devices (insert plus a new code);
 * ``GET /healthz``: the HTTP server alone with one trivial query, for comparison.
 
+A second table times a device's WebSocket handshake plus hello (TCP connect → server hello
+received), one device at a time, against the real WebSocket server with test-double speech
+backends, with auth on (token verified, registry read) and off: the cost of auth per connection.
+
 Besides the rate, the table shows how busy the server's core was (from its CPU time) and the
 requests per second of server CPU: when the core is not saturated (the load generator, also Python,
 may be the limit), that last figure is the capacity of one fully used core.
 
-Run: ``python -m bench.ota [--requests 3000] [--concurrency 16]``.
+Run: ``python -m bench.ota [--requests 3000] [--concurrency 16] [--handshakes 500]``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,66 @@ def run_server(data_dir: str, ready: multiprocessing.Queue, core: int) -> None:
             ready.put(port)
 
     trio.run(main)
+
+
+def run_ws_server(data_dir: str, ready: multiprocessing.Queue, core: int, auth: bool) -> None:
+    """The WebSocket server (test-double backends) with ops attached, pinned, until terminated."""
+    _pin(core)
+    logging.disable(logging.WARNING)
+    import dataclasses
+
+    from xiaozhi_trio.pipeline.ops.http import build_ops_services
+    from xiaozhi_trio.pipeline.server import serve_devices
+
+    from tests.harness import fake_config, make_app
+
+    config = dataclasses.replace(fake_config(Path(data_dir)), extra={"auth": {"enabled": auth}})
+    app, _fakes, _events = make_app(Path(data_dir), config=config)
+    ops = build_ops_services(config)
+    ops.attach(app)
+
+    async def main() -> None:
+        tokens = [ops.auth.issue(await ops.registry.bind_device(_mac(i), _uuid(i))) for i in range(DEVICES)]
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_devices, app, "127.0.0.1", 0)
+            ready.put((port, tokens))
+
+    trio.run(main)
+
+
+async def _handshakes(port: int, tokens: list[str], count: int) -> list[float]:
+    from xiaozhi_trio.pipeline.client import connect
+
+    url = f"ws://127.0.0.1:{port}/xiaozhi/v1/"
+    times = []
+    for i in range(count):
+        device = i % len(tokens)
+        start = time.perf_counter()
+        async with connect(url, device_id=_mac(device), client_id=_uuid(device), token=tokens[device]) as client:
+            await client.hello()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def time_handshakes(count: int) -> list[tuple[str, int, float, float]]:
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    for auth in (True, False):
+        data_dir = tempfile.mkdtemp(prefix="xiaozhi-ws-bench-")
+        ready: multiprocessing.Queue = ctx.Queue()
+        server = ctx.Process(target=run_ws_server, args=(data_dir, ready, 0, auth), daemon=True)
+        server.start()
+        try:
+            port, tokens = ready.get(timeout=60)
+            _pin(1)
+            trio.run(_handshakes, port, tokens, min(50, count))  # warm-up
+            times = sorted(trio.run(_handshakes, port, tokens, count))
+        finally:
+            server.terminate()
+            server.join(5)
+            shutil.rmtree(data_dir, ignore_errors=True)
+        rows.append((f"auth {'on' if auth else 'off'}", len(times), statistics.median(times) * 1000, times[int(0.95 * (len(times) - 1))] * 1000))
+    return rows
 
 
 def _mac(i: int) -> str:
@@ -170,6 +234,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per scenario (bounded)")
     parser.add_argument("--concurrency", type=int, default=16, help="client connections at once")
+    parser.add_argument("--handshakes", type=int, default=500, help="WebSocket handshakes + hellos per auth setting")
     args = parser.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         print("note: only one core available; server and load share it, so the figure is a lower bound")
@@ -189,6 +254,11 @@ def main() -> int:
     print(f"{'scenario':<28} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'server busy':>12} {'req per CPU-s':>14}")
     for name, n, rate, p50, p95, busy, per_cpu in rows:
         print(f"{name:<28} {n:>8} {rate:>8.0f} {p50:>8.2f} {p95:>8.2f} {busy:>11.0f}% {per_cpu:>14.0f}")
+    handshakes = time_handshakes(args.handshakes)
+    print(f"\nWebSocket handshake + hello, one device at a time ({args.handshakes} per setting, server on one core)\n")
+    print(f"{'setting':<28} {'count':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    for name, n, p50, p95 in handshakes:
+        print(f"{name:<28} {n:>8} {p50:>8.2f} {p95:>8.2f}")
     return 0
 
 
