@@ -286,6 +286,18 @@ async def test_idle_keep_alive_connection_is_closed(autojump_clock) -> None:
         assert trio.current_time() - start == pytest.approx(30)
 
 
+async def test_refusing_a_head_request_sends_no_body() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, server, echo_handler, HttpLimits(max_body_bytes=1024))
+        await client.send_all(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n")
+        received = b""
+        while chunk := await client.receive_some(4096):
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert status_of(received) == 413 and b"content-length: " in head.lower() and body == b""
+
+
 async def test_a_failing_handler_answers_500_and_the_connection_goes_on() -> None:
     calls = 0
 

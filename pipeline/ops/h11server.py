@@ -104,6 +104,8 @@ class _Connection:
         self.client = client
         self.local = local
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        #: The current request's method once its head is parsed (a HEAD answer carries no body).
+        self.method = "GET"
 
     async def _send(self, event: h11.Event) -> None:
         data = self.conn.send(event)
@@ -138,6 +140,7 @@ class _Connection:
             if isinstance(event, h11.ConnectionClosed):
                 return None
             assert isinstance(event, h11.Request)
+            self.method = event.method.decode("ascii", "replace").upper()
             if event.http_version not in (b"1.0", b"1.1"):
                 return error_response(505, f"HTTP/{event.http_version.decode('latin-1')} is not supported; use HTTP/1.1")
             # h11 bounds only heads still incomplete; one that arrived whole in a read is checked here.
@@ -195,6 +198,7 @@ class _Connection:
     def can_continue(self) -> bool:
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
+            self.method = "GET"
             return True
         return False
 
@@ -249,7 +253,6 @@ async def serve_connection(
     connection = _Connection(stream, limits, _address(stream, True), _address(stream, False))
     try:
         while await connection.wait_for_request():
-            method = "GET"
             try:
                 request = await connection.read_request()
             except h11.RemoteProtocolError as e:
@@ -260,7 +263,7 @@ async def serve_connection(
                 if on_reject is not None:
                     on_reject(request.status)
                 log.info("http %s: %d %s", connection.client and connection.client[0], request.status, request.body.decode())
-                await connection.respond(request, method)
+                await connection.respond(request, connection.method)
                 await _linger(stream)
                 break
             try:
