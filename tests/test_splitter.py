@@ -105,6 +105,22 @@ def no_space(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
+def speakable(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def walk(clean: str, texts: list[str]) -> str:
+    """Find ``texts`` one after another in ``clean`` (whitespace ignored), checking that only
+    unspeakable punctuation lies between them; return what is left after the last one."""
+    rest = no_space(clean)
+    for text in texts:
+        found = rest.find(no_space(text))
+        assert found >= 0, (text, rest)
+        assert not speakable(rest[:found]), rest[:found]
+        rest = rest[found + len(no_space(text)) :]
+    return rest
+
+
 # --------------------------------------------------------------------------------------------
 # Properties
 # --------------------------------------------------------------------------------------------
@@ -131,14 +147,10 @@ def test_nothing_is_lost_or_duplicated(text: str, options: dict[str, int]) -> No
     with nothing but unspeakable punctuation between or after them (dropped because it has
     nothing to say). Whitespace inside a sentence is the clean text's, collapsed."""
     clean = clean_text(text)
-    rest = no_space(clean)
-    for sentence in sentences(text, **options):
+    emitted = sentences(text, **options)
+    assert not speakable(walk(clean, emitted))
+    for sentence in emitted:
         assert sentence in tidy_whitespace(clean)
-        found = rest.find(no_space(sentence))
-        assert found >= 0, (sentence, rest)
-        assert not any(ch.isalnum() for ch in rest[:found]), rest[:found]
-        rest = rest[found + len(no_space(sentence)) :]
-    assert not any(ch.isalnum() for ch in rest), rest
 
 
 @settings(max_examples=300, deadline=None)
@@ -146,7 +158,7 @@ def test_nothing_is_lost_or_duplicated(text: str, options: dict[str, int]) -> No
 def test_every_sentence_is_clean_non_empty_and_speakable(text: str) -> None:
     for sentence in sentences(text, max_chars=20):
         assert sentence == tidy_whitespace(sentence)  # stripped, single spaces, no newline
-        assert any(ch.isalnum() for ch in sentence)
+        assert speakable(sentence)
         assert not set(sentence) & set("*`#\n")
 
 
@@ -167,9 +179,8 @@ def test_flush_emits_the_tail_and_leaves_nothing_behind(text: str) -> None:
     tail = splitter.flush()
     held_back = [item.text for item in tail if isinstance(item, Sentence)]
     # Whatever speakable text feed() did not emit, flush() did.
-    emitted = no_space("".join(item.text for item in fed if isinstance(item, Sentence)))
-    remaining = no_space(clean_text(text))[len(emitted) :]
-    assert any(ch.isalnum() for ch in remaining) == bool(held_back)
+    remaining = walk(clean_text(text), [item.text for item in fed if isinstance(item, Sentence)])
+    assert speakable(remaining) == bool(held_back)
     assert splitter.flush() == []
     # The same splitter then treats a new reply like a fresh one.
     assert splitter.feed("😊 " + text) + splitter.flush() == split("😊 " + text)
