@@ -198,15 +198,15 @@ ROUND_TRIP = [
     "What time does the train leave tomorrow morning?",
     "I would like a cup of hot tea with milk.",
     "My favorite color is blue.",
-    "Set an alarm for seven thirty.",
+    "Remind me to call my mother tonight.",
     "The children are playing football in the park.",
     "Can you tell me a short story about a dragon?",
 ]
-#: Measured with moonshine-base-en on these 65 words over repeated runs: mostly 0.0 to 0.06 (the
-#: voice samples noise, so each run differs: "colors" for "color is", "in" for "an", "7.30" for
-#: "seven thirty"), and rarely more; the bound leaves room for that without letting a broken voice
-#: (WER near 1) through.
-MAX_WER = 0.15
+#: Measured with moonshine-base-en on these 66 words over 12 runs: 0.0 to 0.03 (the voice samples
+#: noise, so runs differ: "But whether" for "The weather", "the" for "a"). Sentences with numbers
+#: are left out: "seven thirty" comes back as "7.30", and once made Moonshine repeat itself. The
+#: bound leaves room for the noise without letting a broken voice (WER near 1) through.
+MAX_WER = 0.12
 
 
 def words(text: str) -> list[str]:
