@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -76,7 +77,13 @@ class App:
         if context is None:
             data_dir = config.server.data_path
             conversations = open_conversation_store(config.extra.get("store", {}), data_dir)
-            context = BackendContext(data_dir=data_dir, workers=workers, conversations=conversations)
+            models_dir = config.extra.get("models", {}).get("dir") or ""
+            context = BackendContext(
+                data_dir=data_dir,
+                workers=workers,
+                models_dir=Path(str(models_dir)).expanduser() if models_dir else Path(),
+                conversations=conversations,
+            )
         backends: dict[str, Any] = {}
         # The agent first: missing credentials should stop the server before models load.
         for kind in sorted(KINDS, key=lambda k: k != "agent"):

@@ -289,7 +289,7 @@ def test_documented_ops_config_is_valid_complete_and_shows_the_defaults() -> Non
     from xiaozhi_trio.pipeline.config import parse_config
     from xiaozhi_trio.pipeline.ops.services import OpsConfig
 
-    path = Path(__file__).resolve().parents[1] / "docs" / "config-ops.toml"
+    path = Path(__file__).resolve().parents[1] / "config.example.toml"
     text = path.read_text()
     documented = OpsConfig.from_config(parse_config(tomllib.loads(text)))
     assert documented == OpsConfig()

@@ -64,14 +64,14 @@ def test_a_third_party_package_is_discovered(tmp_path, monkeypatch):
 
 
 def test_unknown_backend_names_the_available_ones(tmp_path):
-    class OneVad:
+    class OneAgent:
         @hookimpl
         def xiaozhi_register_backends(self, registry):
-            registry.add("vad", "only", lambda c, o: object())
+            registry.add("agent", "only", lambda c, o: object())
 
-    plugins = Plugins(entry_points=False, extra=[OneVad()])
-    with pytest.raises(ConfigError, match=r"unknown vad backend 'nope'; available vad backends: only"):
-        App.build(parse_config({"vad": {"backend": "nope"}, "server": {"data_dir": str(tmp_path)}}), plugins)
+    plugins = Plugins(entry_points=False, extra=[OneAgent()])
+    with pytest.raises(ConfigError, match=r"unknown agent backend 'nope'; available agent backends: only"):
+        App.build(parse_config({"agent": {"backend": "nope"}, "server": {"data_dir": str(tmp_path)}}), plugins)
 
 
 def test_duplicate_registration_names_both_plugins():
@@ -109,3 +109,17 @@ def test_plugins_command_lists_backends_and_versions(capsys):
 @pytest.mark.parametrize("hook", [name for name in dir(hookspecs) if name.startswith("xiaozhi_")])
 def test_every_hook_is_documented(hook):
     assert f"`{hook}(" in DOCS.read_text(), f"{hook} is missing from docs/plugins.md"
+
+
+def test_example_config_is_valid_and_shows_the_defaults():
+    import tomllib
+
+    from xiaozhi_trio.pipeline.config import Config
+
+    path = DOCS.parents[1] / "config.example.toml"
+    example = parse_config(tomllib.loads(path.read_text()))
+    defaults = Config()
+    for section in ("server", "session", "audio", "workers"):
+        assert getattr(example, section) == getattr(defaults, section), f"[{section}] in config.example.toml drifted"
+    for kind in ("vad", "asr", "agent", "tts"):
+        assert example.backend(kind).backend == defaults.backend(kind).backend
