@@ -54,3 +54,54 @@ def test_check_loads_every_default_backend(tmp_path, capsys):
     assert main(["check"]) == 0
     out = capsys.readouterr().out
     assert "all backends loaded" in out
+
+
+async def test_talk_checks_in_gets_bound_and_talks(tmp_path, capsys):
+    """`talk --ota` against a real server on loopback with auth and activation on (the defaults)."""
+    import dataclasses
+
+    import soundfile
+    import trio
+
+    from xiaozhi_trio.pipeline.ops.services import build_ops_services
+    from xiaozhi_trio.pipeline.ops.http import serve_http
+    from xiaozhi_trio.pipeline.server import serve_devices
+
+    from .fakes.backends import speech
+    from .harness import fake_config, make_app
+
+    import socket
+
+    with socket.socket() as probe:  # a free port, so the OTA reply names the real WebSocket port
+        probe.bind(("127.0.0.1", 0))
+        ws_port = probe.getsockname()[1]
+    config = fake_config(tmp_path / "data")
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, port=ws_port), extra={"ota": {"port": 0}})
+    app, fakes, _ = make_app(tmp_path / "data", config=config)
+    from xiaozhi_trio.pipeline.workers import CpuWorkers
+
+    app.workers = CpuWorkers(1)
+    fakes.agent.answers["hello server"] = "Hello device, I hear you."
+    ops = build_ops_services(config)
+    ops.attach(app)
+    question = tmp_path / "question.wav"
+    soundfile.write(question, speech("hello server"), 16000)
+    reply_file = tmp_path / "reply.wav"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_devices, app, "127.0.0.1", ws_port)
+        http_port = await nursery.start(serve_http, ops, "127.0.0.1", 0)
+        argv = ["talk", "--ota", f"http://127.0.0.1:{http_port}/xiaozhi/ota/", "--wav", str(question), "--save", str(reply_file)]
+        # First boot: the server hands out an activation code.
+        assert await trio.to_thread.run_sync(main, argv) == 3
+        err = capsys.readouterr().err
+        code = err.rsplit("devices bind ", 1)[1].strip()
+        assert await ops.registry.bind_code(code) is not None
+        assert await trio.to_thread.run_sync(main, argv) == 0
+        nursery.cancel_scope.cancel()
+    out = capsys.readouterr().out
+    assert "stt:       'hello server'" in out
+    assert "sentence:  Hello device, I hear you." in out
+    audio, rate = soundfile.read(reply_file)
+    assert rate == 24000 and len(audio) > 0.5 * rate
+    ops.close()
+    await app.aclose()

@@ -7,17 +7,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import soundfile
 import trio
+from trio_websocket import ConnectionRejected, HandshakeError
 
 from ..audio.resample import resample
 from ..client import UPLINK_RATE, Reply, connect
+from ..ota_client import check_in
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("talk", help="speak a WAV file to a server as a device would")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/xiaozhi/v1/", help="the server's WebSocket URL")
+    parser.add_argument("--ota", metavar="URL", help="check in at this OTA URL first (as a device boots) to get the WebSocket URL and token, e.g. http://127.0.0.1:8003/xiaozhi/ota/")
     parser.add_argument("--wav", type=Path, required=True, help="the question (any format and rate soundfile reads)")
     parser.add_argument("--save", type=Path, help="write the reply audio here")
     parser.add_argument("--device-id", default="02:00:00:00:00:01")
@@ -37,10 +41,26 @@ def load_question(path: Path) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     question = load_question(args.wav)
+    if args.ota:
+        try:
+            answer = check_in(args.ota, device_id=args.device_id, client_id=args.client_id)
+        except httpx.HTTPError as e:
+            print(f"talk: OTA check-in at {args.ota} failed: {e}", file=sys.stderr)
+            return 1
+        if answer.activation_code:
+            print(f"talk: this device is not bound yet: {answer.activation_message}".rstrip(), file=sys.stderr)
+            print(f"talk: bind it on the server with: xiaozhi-trio devices bind {answer.activation_code}", file=sys.stderr)
+            return 3
+        args.url = answer.websocket_url or args.url
+        args.token = answer.token or args.token
+        args.protocol = answer.protocol_version
     try:
         reply, spoken_at, rate = trio.run(_talk, args, question)
-    except (OSError, TimeoutError) as e:
-        print(f"talk: {e}", file=sys.stderr)
+    except ConnectionRejected as e:
+        print(f"talk: the server refused the connection: HTTP {e.status_code} {(e.body or b'').decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError, HandshakeError) as e:
+        print(f"talk: cannot talk to {args.url}: {e or type(e).__name__}", file=sys.stderr)
         return 1
     print(f"stt:       {reply.stt!r}")
     for sentence in reply.sentences:
