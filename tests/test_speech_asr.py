@@ -638,7 +638,7 @@ async def test_noise_has_no_words() -> None:
 
 @pytest.mark.models
 async def test_utterances_that_end_together_are_decoded_in_one_batch() -> None:
-    asr = moonshine_asr()
+    asr = moonshine_asr(max_batch=8)
     questions = QUESTIONS[:4]
     results: dict[str, str] = {}
 
@@ -650,6 +650,28 @@ async def test_utterances_that_end_together_are_decoded_in_one_batch() -> None:
             nursery.start_soon(session, question)
     assert asr.batcher.stats.batches == 1 and asr.batcher.stats.largest == 4
     assert corpus_wer(list(results.items())) <= 0.2, results
+
+
+@pytest.mark.models
+async def test_moonshine_sessions_are_served_in_turn() -> None:
+    # sherpa-onnx decodes Moonshine streams one by one anyway: batches of one let the first
+    # session have its text as soon as it is ready.
+    asr = moonshine_asr()
+    done: list[str] = []
+
+    async def session(question: str) -> None:
+        await transcribe(asr, spoken(question))
+        done.append(question)
+
+    async with trio.open_nursery() as nursery:
+        for question in QUESTIONS[:3]:
+            nursery.start_soon(session, question)
+    assert asr.batcher.stats.sizes == [1, 1, 1]
+
+
+def test_batch_sizes_by_family() -> None:
+    assert SherpaAsr.default_batch("sense_voice") == SherpaAsr.default_batch("paraformer") == 8
+    assert SherpaAsr.default_batch("moonshine") == SherpaAsr.default_batch("whisper") == 1
 
 
 @pytest.mark.models

@@ -4,14 +4,17 @@ Options (the ``[asr]`` table): ``model`` (a catalog name, default ``moonshine-ba
 ``num_threads`` (onnxruntime threads per decode), ``language`` (SenseVoice: auto, zh, en, ja, ko,
 yue; Whisper: a Whisper language code; other families take none), ``max_segment_seconds`` (longer
 utterances are cut at their quietest points and decoded in pieces), ``max_batch`` (utterances
-decoded together at most).
+decoded together at most; default 8 for SenseVoice and Paraformer, 1 for the others).
 
 Offline families (Moonshine, SenseVoice, Paraformer, Whisper) decode the whole utterance in
 ``finish``. Each utterance is first trimmed of long silence at its ends and cut into pieces of at
-most ``max_segment_seconds``; the pieces of every session waiting at that moment are decoded in one
-``decode_streams`` call (see ``batching``). Streaming families (zipformer and paraformer online
-models) decode while the user speaks, so ``accept`` returns partial text and ``finish`` only has
-the last few hundred milliseconds left to do.
+most ``max_segment_seconds``; the pieces of the sessions waiting at that moment are decoded in one
+``decode_streams`` call (see ``batching``), one batch at a time. sherpa-onnx really batches only
+SenseVoice and Paraformer (padded features through one model run); for Moonshine and Whisper it
+decodes the streams one after the other, so a batch would only make everyone wait for the last
+utterance: their batches hold one utterance and sessions are served in turn. Streaming families
+(zipformer and paraformer online models) decode while the user speaks, so ``accept`` returns
+partial text and ``finish`` only has the last few hundred milliseconds left to do.
 
 Moonshine base-en (int8) sometimes returns no text at all for perfectly clear speech: it depends
 on how the audio lines up with its frames, and always happens after about a second of leading
@@ -48,6 +51,9 @@ DEFAULT_MODEL = "moonshine-base-en"
 OFFLINE_FAMILIES = ("moonshine", "sense_voice", "paraformer", "whisper")
 STREAMING_FAMILIES = ("zipformer_streaming", "paraformer_streaming")
 SENSE_VOICE_LANGUAGES = ("auto", "zh", "en", "ja", "ko", "yue")
+#: Families that sherpa-onnx decodes as one batch (the others: stream after stream).
+BATCHING_FAMILIES = ("sense_voice", "paraformer")
+BATCH_SIZE = 8
 #: Silence put in front of a Moonshine piece that came back empty, tried in this order (samples).
 RETRY_SHIFTS = {"moonshine": (128, 256)}
 #: Zeros after the end of a streaming utterance, so the model flushes its last frames.
@@ -68,7 +74,8 @@ class AsrOptions:
     num_threads: int = 1
     language: str = ""
     max_segment_seconds: float = 15.0
-    max_batch: int = 8
+    #: None: ``BATCH_SIZE`` for the families in ``BATCHING_FAMILIES``, else 1.
+    max_batch: int | None = None
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> AsrOptions:
@@ -94,7 +101,7 @@ class AsrOptions:
             raise ConfigError(f"[asr] num_threads must be between 1 and 16, not {parsed.num_threads}")
         if not 2.0 <= parsed.max_segment_seconds <= 60.0:
             raise ConfigError(f"[asr] max_segment_seconds must be between 2 and 60, not {parsed.max_segment_seconds:g}")
-        if not 1 <= parsed.max_batch <= 64:
+        if parsed.max_batch is not None and not 1 <= parsed.max_batch <= 64:
             raise ConfigError(f"[asr] max_batch must be between 1 and 64, not {parsed.max_batch}")
         return parsed
 
@@ -279,8 +286,12 @@ class SherpaAsr:
         self.streaming = files.family in STREAMING_FAMILIES
         self._retry_shifts = RETRY_SHIFTS.get(files.family, ())
         self.batcher: Batcher[list[Samples], list[str]] = Batcher(
-            self.decode_batch, workers, max_batch=options.max_batch
+            self.decode_batch, workers, max_batch=options.max_batch or self.default_batch(files.family)
         )
+
+    @staticmethod
+    def default_batch(family: str) -> int:
+        return BATCH_SIZE if family in BATCHING_FAMILIES else 1
 
     def open_stream(self) -> OfflineRecognition | StreamingRecognition:
         return StreamingRecognition(self) if self.streaming else OfflineRecognition(self)

@@ -16,6 +16,7 @@ def words(text: str) -> list[str]:
     """Lower-case words without punctuation; small numerals spelled out ("10" → "ten");
     Chinese, Japanese and Korean characters count as one word each."""
     text = unicodedata.normalize("NFKC", text).lower().replace("'", "")
+    text = re.sub(r"(?<=\w)-(?=\w)", "", text)  # "to-morrow" → "tomorrow"
     text = re.sub(r"([\u3000-\u9fff\uac00-\ud7af])", r" \1 ", text)
     tokens = re.findall(r"[\w\u3000-\u9fff\uac00-\ud7af]+", text)
     return [_NUMBERS.get(token, token) for token in tokens]
