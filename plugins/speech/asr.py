@@ -407,10 +407,17 @@ class StreamingRecognition:
 
 
 def load_asr(files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> SherpaAsr:
-    """Validate ``files`` in a subprocess, then load the recognizer into this process."""
+    """Validate ``files`` in a subprocess, then load the recognizer into this process and run it
+    once on faint noise, so the first user does not wait for onnxruntime's first-run set-up."""
     recipe = recognizer_recipe(files, num_threads=options.num_threads, language=options.language)
     validate_model(files)
-    return SherpaAsr(recipe.load(), files, workers, options)
+    asr = SherpaAsr(recipe.load(), files, workers, options)
+    noise = np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE // 2).astype(np.float32)
+    if asr.streaming:
+        asr.feed_online(asr.recognizer.create_stream(), noise, True)
+    else:
+        asr._decode_pieces([noise])
+    return asr
 
 
 def create_asr(context: BackendContext, options: Mapping[str, Any]) -> SherpaAsr:
