@@ -66,6 +66,11 @@ class SessionConfig:
     barge_in_modes: tuple[str, ...] = ("realtime",)
     #: Seconds a blocked downlink write may take before the device is treated as gone.
     send_timeout: float = 10.0
+    #: The reply's first segment may end at a comma once this long (CJK characters; an English
+    #: word counts 1.5), so the device starts speaking sooner.
+    first_clause_min_chars: int = 4
+    #: A segment with no sentence end is cut (at a comma, else a space) at this length.
+    max_sentence_chars: int = 100
 
 
 @dataclass(frozen=True)

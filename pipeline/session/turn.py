@@ -104,7 +104,8 @@ async def run_turn(
                     on_error=on_error("agent"),
                 )
             )
-        nursery.start_soon(split_sentences, agent_receive, sentence_send, SentenceSplitter())
+        splitter = SentenceSplitter(first_clause_min_chars=session.first_clause_min_chars, max_chars=session.max_sentence_chars)
+        nursery.start_soon(split_sentences, agent_receive, sentence_send, splitter)
         nursery.start_soon(
             lambda: synthesize(
                 sentence_receive,
