@@ -138,8 +138,11 @@ async def measure(model: str, threads: int, repeat: int, models_dir: Path) -> di
 
     batch_inputs = [utterances["2 s"][0], utterances["5 s"][0]] * (SESSIONS // 2)
     batching: dict[str, list[float]] = {"one batch": [], "batch of 1": [], "own threads": []}
-    together = SherpaAsr(recognizer, files, CpuWorkers(), AsrOptions(model=model, num_threads=threads, max_batch=SESSIONS))
-    single = SherpaAsr(recognizer, files, CpuWorkers(), AsrOptions(model=model, num_threads=threads, max_batch=1))
+    def backend(max_batch: int) -> SherpaAsr:
+        options = AsrOptions(model=model, num_threads=threads, max_batch=max_batch)
+        return SherpaAsr(recognizer, files, CpuWorkers(), options)
+
+    together, single = backend(SESSIONS), backend(1)
     for _ in range(repeat):
         batching["one batch"] += await sessions_at_once(together, batch_inputs, separate_threads=False)
         batching["batch of 1"] += await sessions_at_once(single, batch_inputs, separate_threads=False)

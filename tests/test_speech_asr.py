@@ -27,16 +27,9 @@ from xiaozhi_trio.pipeline.messages import PcmChunk
 from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.speech.batching import Batcher
-from xiaozhi_trio.plugins.speech.asr import (
-    FRAME,
-    PAD_SECONDS,
-    AsrOptions,
-    SherpaAsr,
-    join_texts,
-    recognizer_recipe,
-    speech_pieces,
-)
+from xiaozhi_trio.plugins.speech.asr import AsrOptions, SherpaAsr, recognizer_recipe
 from xiaozhi_trio.plugins.speech.models import ModelFiles, ModelInvalid, ModelMissing
+from xiaozhi_trio.plugins.speech.pieces import FRAME, PAD_SECONDS, join_texts, speech_pieces
 from xiaozhi_trio.plugins.speech.models.moonshine import (
     FILES,
     VOCABULARY,
@@ -47,7 +40,7 @@ from xiaozhi_trio.plugins.speech.models.moonshine import (
 )
 
 from .contracts.asr_contract import AsrCase, AsrContract, transcribe
-from .contracts.models import moonshine_asr, moonshine_files
+from .contracts.models import moonshine_asr
 from .contracts.speech import BECKETT_TEXT, QUESTIONS, RATE, beckett, joined, silence, spoken, white_noise
 from .contracts.wer import corpus_wer, word_error_rate
 from .fakes.backends import FakeAsr, speech
@@ -114,7 +107,8 @@ class TestAsrBackends(AsrContract):
         if request.param == "streaming":
             tone = 0.3 * np.sin(np.arange(RATE * 3) * 0.05).astype(np.float32)
             return AsrCase(streaming_asr(), [(tone[: RATE * 2], "word word word word"), (tone[: RATE], "word word")])
-        return AsrCase(FakeAsr(), [(speech("hello there", 1.0), "hello there"), (speech("what time is it", 1.2), "what time is it")])
+        phrases = [(speech("hello there", 1.0), "hello there"), (speech("what time is it", 1.2), "what time is it")]
+        return AsrCase(FakeAsr(), phrases)
 
 
 # --------------------------------------------------------------------------------------------

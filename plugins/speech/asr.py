@@ -25,7 +25,7 @@ more with a few milliseconds of silence put in front.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from .models import ModelFiles, ModelInvalid
 from .models.catalog import get_entry
 from .models.locate import locate_model
 from .models.validate import validate_model
+from .pieces import join_texts, speech_pieces
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ BATCH_SIZE = 8
 RETRY_SHIFTS = {"moonshine": (128, 256)}
 #: Zeros after the end of a streaming utterance, so the model flushes its last frames.
 STREAMING_TAIL_SECONDS = 0.66
-
-# Piece planning: 20 ms frames; a frame is quiet when 20 dB below the utterance's loud level.
-FRAME = 320
-QUIET_RATIO = 0.1
-#: Below this RMS (about -70 dBFS) a frame is quiet whatever the level; all quiet: no speech.
-SILENCE_FLOOR = 3e-4
-#: Quiet kept (or, after the speech, made up with zeros) at each end of a piece.
-PAD_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -127,9 +120,8 @@ class Recipe:
 def _language_for(files: ModelFiles, language: str) -> str:
     if files.family == "sense_voice":
         if language and language not in SENSE_VOICE_LANGUAGES:
-            raise ConfigError(
-                f"[asr] language {language!r} is not one SenseVoice knows; use one of {', '.join(SENSE_VOICE_LANGUAGES)}"
-            )
+            known = ", ".join(SENSE_VOICE_LANGUAGES)
+            raise ConfigError(f"[asr] language {language!r} is not one SenseVoice knows; use one of {known}")
         return language or "auto"
     if files.family == "whisper":
         if language and not (language.isascii() and language.isalpha() and 2 <= len(language) <= 3):
@@ -172,90 +164,6 @@ def recognizer_recipe(files: ModelFiles, *, num_threads: int = 1, language: str 
         raise ModelInvalid(f"model {files.name!r} ({files.family}) has no {e.args[0]} file") from None
     families = ", ".join(OFFLINE_FAMILIES + STREAMING_FAMILIES)
     raise ConfigError(f"[asr] model {files.name!r} is a {files.family} model; the recognizer takes {families}")
-
-
-# --------------------------------------------------------------------------------------------
-# Utterance → pieces, and pieces' text → one text
-# --------------------------------------------------------------------------------------------
-
-
-def speech_pieces(
-    samples: Samples, max_seconds: float, sample_rate: int = SAMPLE_RATE
-) -> list[tuple[int, int, int]]:
-    """Where to decode: ``(start, stop, silence)`` for each piece of the utterance's speech, to be
-    decoded as ``samples[start:stop]`` followed by ``silence`` zeros.
-
-    Quiet longer than ``PAD_SECONDS`` at either end is left out, and zeros make up the quiet after
-    the speech where the audio has less (offline models end words badly on audio that stops
-    mid-sound: Moonshine then repeats its last word many times over). A stretch longer than
-    ``max_seconds`` is cut in the middle of its longest quiet run in the second half of the allowed
-    length (or at its quietest frame), so no speech is dropped. Silence alone gives no pieces.
-    """
-    frames = len(samples) // FRAME
-    if frames == 0:
-        return []
-    rms = np.sqrt(np.mean(np.square(samples[: frames * FRAME].reshape(frames, FRAME), dtype=np.float64), axis=1))
-    level = float(np.percentile(rms, 95))
-    if level < SILENCE_FLOOR:
-        return []
-    quiet = rms < max(level * QUIET_RATIO, SILENCE_FLOOR)
-    pad = round(PAD_SECONDS * sample_rate / FRAME)
-    limit = max(2, int(max_seconds * sample_rate / FRAME))
-
-    def trimmed(lo: int, hi: int) -> tuple[int, int, int] | None:
-        loud = np.flatnonzero(~quiet[lo:hi])
-        if not len(loud):
-            return None
-        end = lo + int(loud[-1]) + 1 + pad
-        return max(lo, lo + int(loud[0]) - pad), min(hi, end), max(0, end - hi)
-
-    pieces: list[tuple[int, int, int]] = []
-    span = trimmed(0, frames)
-    while span is not None:
-        lo, hi, _ = span
-        if hi - lo <= limit:
-            pieces.append(span)
-            break
-        cut = _best_cut(rms, quiet, lo + limit // 2, lo + limit)
-        if (head := trimmed(lo, cut)) is not None:
-            pieces.append(head)
-        span = trimmed(cut, hi)
-    result = [(lo * FRAME, hi * FRAME, missing * FRAME) for lo, hi, missing in pieces]
-    if result and result[-1][1] == frames * FRAME:  # keep the last partial frame
-        lo, _, missing = result[-1]
-        result[-1] = (lo, len(samples), max(0, missing - (len(samples) - frames * FRAME)))
-    return result
-
-
-def _best_cut(rms: np.ndarray, quiet: np.ndarray, lo: int, hi: int) -> int:
-    """A frame index in ``[lo, hi)`` to cut at: the middle of the longest quiet run, else the quietest."""
-    best_len, best_mid, run_start = 0, -1, None
-    for index in range(lo, hi + 1):
-        if index < hi and quiet[index]:
-            run_start = index if run_start is None else run_start
-        elif run_start is not None:
-            if index - run_start > best_len:
-                best_len, best_mid = index - run_start, (run_start + index) // 2
-            run_start = None
-    if best_mid >= 0:
-        return best_mid
-    return lo + int(np.argmin(rms[lo:hi]))
-
-
-def _is_cjk(ch: str) -> bool:
-    return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\uffef"
-
-
-def join_texts(texts: Sequence[str]) -> str:
-    """The pieces' texts as one: a space between words, none between Chinese/Japanese/Korean."""
-    result = ""
-    for text in (t.strip() for t in texts):
-        if not text:
-            continue
-        if result and not (_is_cjk(result[-1]) or _is_cjk(text[0])):
-            result += " "
-        result += text
-    return result
 
 
 def to_sample_rate(chunk: PcmChunk, sample_rate: int = SAMPLE_RATE) -> Samples:
@@ -433,5 +341,6 @@ def create_asr(context: BackendContext, options: Mapping[str, Any]) -> SherpaAsr
 def xiaozhi_register_backends(registry: Any) -> None:
     registry.add(
         "asr", "sherpa-onnx", create_asr,
-        description="local speech recognition with sherpa-onnx (Moonshine, SenseVoice, Paraformer, Whisper, streaming zipformer/paraformer)",
+        description="local speech recognition with sherpa-onnx (Moonshine, SenseVoice, Paraformer, Whisper, "
+        "streaming zipformer/paraformer)",
     )

@@ -64,7 +64,9 @@ class VadOptions:
         }
         unknown = sorted(set(options) - set(limits))
         if unknown:
-            raise ConfigError(f"unknown option(s) in [vad] for silero: {', '.join(unknown)}; valid: {', '.join(limits)}")
+            raise ConfigError(
+                f"unknown option(s) in [vad] for silero: {', '.join(unknown)}; valid: {', '.join(limits)}"
+            )
         values = {}
         for key, value in options.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -80,7 +80,7 @@ class AsrContract:
         for doomed_first in (False, True):
             results: list[str] = []
 
-            async def finish_other() -> None:
+            async def finish_other(results: list[str] = results) -> None:
                 results.append(await transcribe(asr_case.recognizer, second))
 
             async with trio.open_nursery() as nursery:
