@@ -1,9 +1,9 @@
 """Downlink pacing: does a 30 s reply reach the device steadily, without overflowing its buffer?
 
 A real server runs in its own process with the instant test-double backends; the fake agent
-answers with ~30 s of text (each device asks for three such replies in a row), which the tone synthesizer turns into ~30 s of audio as fast as it is
+answers with ~30 s of text, which the tone synthesizer turns into ~30 s of audio as fast as it is
 asked, so the paced sender alone decides when packets leave. Simulated devices (this process) ask
-once and timestamp every downlink packet as it arrives.
+for such a reply three times in a row and timestamp every downlink packet as it arrives.
 
 Per reply, at the device:
 
