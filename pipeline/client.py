@@ -78,13 +78,15 @@ class DeviceClient:
         await self.ws.send_message(json.dumps(message, ensure_ascii=False))
 
     async def hello(self, *, features: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
-        """Send the firmware's hello and wait for the server's (``TimeoutError`` after ``timeout``)."""
+        """Send the firmware's hello and wait for the server's (``TimeoutError`` after ``timeout``).
+
+        The hello claims MCP only when ``mcp_handler`` is set to answer the server's requests."""
         await self.ws.send_message(
             json.dumps(
                 {
                     "type": "hello",
                     "version": self.protocol_version,
-                    "features": features if features is not None else {"mcp": True},
+                    "features": features if features is not None else ({"mcp": True} if self.mcp_handler else {}),
                     "transport": "websocket",
                     "audio_params": {"format": "opus", "sample_rate": UPLINK_RATE, "channels": 1, "frame_duration": self.frame_ms},
                 }

@@ -169,12 +169,12 @@ async def test_plugin_tool_failure_and_unknown_tools_are_error_results() -> None
     assert await with_device.call("self.nope", {}) == ToolResult("Unknown tool: self.nope", is_error=True)
 
 
-async def test_a_mute_device_costs_one_timeout_then_is_skipped_for_a_while(autojump_clock: trio.abc.Clock) -> None:
+async def test_a_mute_device_costs_one_short_wait_then_is_skipped_for_a_while(autojump_clock: trio.abc.Clock) -> None:
     device = SimulatedDevice(silent=True)
     tools = SessionTools(connect(device, call_timeout=3.0, relist_after=60.0), registry_with(("get_weather", weather)))
     start = trio.current_time()
     assert [t.name for t in await tools.list_tools()] == ["get_weather"]
-    assert trio.current_time() - start == pytest.approx(3.0)
+    assert trio.current_time() - start == pytest.approx(tools.list_wait)
     received = len(device.received)
     start = trio.current_time()
     assert [t.name for t in await tools.list_tools()] == ["get_weather"]
@@ -182,3 +182,21 @@ async def test_a_mute_device_costs_one_timeout_then_is_skipped_for_a_while(autoj
     device.silent = False
     await trio.sleep(61)
     assert len(await tools.list_tools()) == 5
+
+
+async def test_a_listing_that_lands_later_is_used_by_the_next_turn(autojump_clock: trio.abc.Clock) -> None:
+    """The session lists the device's tools in the background; a turn that started before the
+    answer came goes on without them, and the next turn has them at once."""
+    device = SimulatedDevice(silent=True)
+    mcp = connect(device, call_timeout=10.0)
+    tools = SessionTools(mcp, registry_with(("get_weather", weather)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mcp.list_tools)  # the session's own listing, still waiting
+        await trio.sleep(0.1)
+        assert [t.name for t in await tools.list_tools()] == ["get_weather"]
+        nursery.cancel_scope.cancel()
+    device.silent = False
+    await mcp.list_tools()
+    start = trio.current_time()
+    assert len(await tools.list_tools()) == 5
+    assert trio.current_time() == start

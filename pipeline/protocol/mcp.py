@@ -156,6 +156,11 @@ class McpClient:
         await self._send_json({"type": "mcp", "payload": {"jsonrpc": "2.0", "method": "notifications/initialized"}})
         return self.server_info
 
+    @property
+    def cached_tools(self) -> list[ToolSpec] | None:
+        """The tools from the first complete listing, or None if there has been none yet."""
+        return None if self._tools is None else list(self._tools)
+
     async def list_tools(self) -> list[ToolSpec]:
         """The device's tools for agents, following ``nextCursor`` through every page.
 

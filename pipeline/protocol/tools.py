@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import trio
+
 from ..backends import ToolResult, ToolSpec
 from ..registry import ToolRegistry
 from .mcp import McpClient, McpError
@@ -148,18 +150,36 @@ class SessionTools:
     to ask the device again (``McpClient.relist_after``).
     """
 
-    def __init__(self, mcp: McpClient | None, server_tools: ToolRegistry) -> None:
+    def __init__(
+        self, mcp: McpClient | None, server_tools: ToolRegistry, *, list_wait: float = 1.5, relist_after: float = 60.0
+    ) -> None:
         self.mcp = mcp
         self.server_tools = server_tools
+        #: How long a turn waits for the device's tool list (a firmware answers in milliseconds;
+        #: a slow one must not hold up the answer, so the turn goes on without its tools)...
+        self.list_wait = list_wait
+        #: ...and how long later turns then skip asking (the session's own listing may still land).
+        self.relist_after = relist_after
+        self._gave_up_at: float | None = None
         self._device_tools: dict[str, ToolSpec] = {}
 
     async def _list_device_tools(self) -> None:
         if self.mcp is None:
             return
-        try:
-            specs = await self.mcp.list_tools()
-        except McpError as e:
-            log.warning("device tools unavailable (%s): %s", e.kind, e)
+        if (cached := self.mcp.cached_tools) is not None:
+            self._device_tools = {spec.name: spec for spec in cached}
+            return
+        if self._gave_up_at is not None and trio.current_time() - self._gave_up_at < self.relist_after:
+            return
+        with trio.move_on_after(self.list_wait) as waited:
+            try:
+                specs = await self.mcp.list_tools()
+            except McpError as e:
+                log.warning("device tools unavailable (%s): %s", e.kind, e)
+                return
+        if waited.cancelled_caught:
+            self._gave_up_at = trio.current_time()
+            log.info("the device has not listed its tools within %g s; this turn goes on without them", self.list_wait)
             return
         self._device_tools = {spec.name: spec for spec in specs}
 
