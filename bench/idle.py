@@ -12,7 +12,8 @@ read. Measured from the server process (psutil):
   window is longer than the keepalive interval);
 * **holding**: after the window every device must still be connected, have received at least one
   keepalive, and answer a WebSocket ping; then one of them talks a turn, to show the server still
-  answers promptly with the others connected. Finally all disconnect and the sessions must end.
+  answers promptly with the others connected. Finally all disconnect and the sessions must end;
+  a second cycle connects and disconnects them all again, so a leak would show as memory growing.
 
 Run from the repository root: ``python -m bench.idle [--devices 1000] [--window 60]``.
 """
@@ -76,6 +77,8 @@ class Result:
     turn_heard: str | None = None
     live_after_disconnect: int = -1
     rss_after_disconnect: int = 0
+    #: Later connect/disconnect cycles (a leak would show as RSS growing cycle after cycle).
+    cycles: list[dict[str, Any]] = field(default_factory=list)
     per_device_cpu_percent: float = math.nan
     per_device_kb: float = math.nan
 
@@ -123,6 +126,20 @@ async def talk_once(device: Device) -> tuple[float, str | None]:
     return (heard.first_audio_at - sent[end]) * 1000, heard.stt
 
 
+async def connect_up_to(nursery: trio.Nursery, server: ServerProcess, count: int, release: trio.Event, devices: list[Device], result: Result) -> None:
+    """Connect devices in batches until ``count`` are connected or have failed."""
+    for start in range(len(devices) + result.connect_failures, count, BATCH):
+        await connect_batch(nursery, server.url, range(start + 1, min(start + BATCH, count) + 1), release, devices, result)
+
+
+async def sessions_end(server: ServerProcess) -> int:
+    """Wait (at most 15 s) until the server has no session left; returns how many are left."""
+    with trio.move_on_after(15):
+        while (live := (await trio.to_thread.run_sync(server.request, "stats"))["live"]) > 0:
+            await trio.sleep(0.5)
+    return live
+
+
 async def run(server: ServerProcess, args: argparse.Namespace, result: Result) -> None:
     steps = sorted({s for s in (10, 100, 250, 500, args.devices) if s <= args.devices})
     await trio.sleep(2)
@@ -134,8 +151,7 @@ async def run(server: ServerProcess, args: argparse.Namespace, result: Result) -
     async with trio.open_nursery() as nursery:
         first_connected = trio.current_time()
         for step in steps:
-            for start in range(len(devices) + result.connect_failures, step, BATCH):
-                await connect_batch(nursery, server.url, range(start + 1, min(start + BATCH, step) + 1), release, devices, result)
+            await connect_up_to(nursery, server, step, release, devices, result)
             await trio.sleep(args.settle)
             result.steps.append({"devices": len(devices), "rss": server.rss()})
             print(f"    {len(devices)} connected, server RSS {server.rss() / 2**20:.1f} MiB", flush=True)
@@ -162,12 +178,20 @@ async def run(server: ServerProcess, args: argparse.Namespace, result: Result) -
             result.turn_ms, result.turn_heard = await talk_once(devices[0])
         release.set()
     # The devices are gone: every session must end and give its memory back.
-    with trio.move_on_after(15):
-        while (live := (await trio.to_thread.run_sync(server.request, "stats"))["live"]) > 0:
-            await trio.sleep(0.5)
-    result.live_after_disconnect = live
+    result.live_after_disconnect = await sessions_end(server)
     await trio.sleep(args.settle)
     result.rss_after_disconnect = server.rss()
+    for _ in range(args.cycles - 1):
+        devices, release, failures = [], trio.Event(), result.connect_failures
+        async with trio.open_nursery() as nursery:
+            await connect_up_to(nursery, server, args.devices + failures, release, devices, result)
+            await trio.sleep(args.settle)
+            connected_rss = server.rss()
+            release.set()
+        left = await sessions_end(server)
+        await trio.sleep(args.settle)
+        result.cycles.append({"connected": len(devices), "rss_connected": connected_rss, "sessions_left": left, "rss_after": server.rss()})
+        print(f"    again: {len(devices)} connected, server RSS {connected_rss / 2**20:.1f} MiB, {server.rss() / 2**20:.1f} MiB after", flush=True)
 
 
 def report(result: Result, devices: int) -> str:
@@ -213,6 +237,11 @@ def report(result: Result, devices: int) -> str:
                 ]
             ],
         ),
+        *[
+            f"cycle {i + 2}: {c['connected']} connected again, RSS {c['rss_connected'] / 2**20:.1f} MiB; "
+            f"all gone: {c['sessions_left']} sessions left, RSS {c['rss_after'] / 2**20:.1f} MiB"
+            for i, c in enumerate(result.cycles)
+        ],
         f"one turn with {connected - 1} others idle: {result.turn_ms:.1f} ms from the end-of-speech packet to first audio (heard {result.turn_heard!r})",
         "",
     ]
@@ -249,6 +278,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds of CPU measurement with all devices connected")
     parser.add_argument("--baseline-window", type=float, default=30.0, help="seconds of CPU measurement with none")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after each step before reading memory")
+    parser.add_argument("--cycles", type=int, default=2, help="connect/disconnect cycles (later ones only check memory comes back)")
     parser.add_argument("--pin", action="store_true", help="server on one core, devices on the other")
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait at most for other work on the machine to calm down")
     parser.add_argument("--plot", default="idle.png", help="file name under bench/results/")
