@@ -225,49 +225,19 @@ def _load_and_run(files: ModelFiles) -> None:
         vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=5)
         _step("run", "model", f["model"])
         vad.accept_waveform(silence)
-    elif files.family in ("zipformer_streaming", "paraformer_streaming"):
-        if files.family == "zipformer_streaming":
-            online = sherpa_onnx.OnlineRecognizer.from_transducer(
-                tokens=f["tokens"],
-                encoder=f["encoder"],
-                decoder=f["decoder"],
-                joiner=f["joiner"],
-                num_threads=1,
-            )
-        else:
-            online = sherpa_onnx.OnlineRecognizer.from_paraformer(
-                tokens=f["tokens"],
-                encoder=f["encoder"],
-                decoder=f["decoder"],
-                num_threads=1,
-            )
-        _step("run", main_role, files.files.get(main_role, "-"))
-        stream = online.create_stream()
-        stream.accept_waveform(16000, silence)
-        while online.is_ready(stream):
-            online.decode_stream(stream)
     else:
-        builders = {
-            "moonshine": lambda: sherpa_onnx.OfflineRecognizer.from_moonshine_v2(
-                encoder=f["encoder"], decoder=f["decoder"], tokens=f["tokens"]
-            ),
-            "sense_voice": lambda: sherpa_onnx.OfflineRecognizer.from_sense_voice(
-                model=f["model"], tokens=f["tokens"]
-            ),
-            "paraformer": lambda: sherpa_onnx.OfflineRecognizer.from_paraformer(
-                paraformer=f["model"], tokens=f["tokens"]
-            ),
-            "whisper": lambda: sherpa_onnx.OfflineRecognizer.from_whisper(
-                encoder=f["encoder"], decoder=f["decoder"], tokens=f["tokens"]
-            ),
-        }
-        if files.family not in builders:
-            raise ModelInvalid(f"unknown model family {files.family!r}")
-        offline = builders[files.family]()
+        from ..asr import recognizer_recipe
+
+        recipe = recognizer_recipe(files)  # exactly how the ASR backend will build it
+        recognizer = recipe.load()
         _step("run", main_role, files.files.get(main_role, "-"))
-        stream = offline.create_stream()
+        stream = recognizer.create_stream()
         stream.accept_waveform(16000, silence)
-        offline.decode_stream(stream)
+        if recipe.streaming:
+            while recognizer.is_ready(stream):
+                recognizer.decode_stream(stream)
+        else:
+            recognizer.decode_stream(stream)
 
 
 def main(argv: list[str]) -> int:
