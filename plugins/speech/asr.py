@@ -9,10 +9,11 @@ decoded together at most; default 8 for SenseVoice and Paraformer, 1 for the oth
 Offline families (Moonshine, SenseVoice, Paraformer, Whisper) decode the whole utterance in
 ``finish``. Each utterance is first trimmed of long silence at its ends and cut into pieces of at
 most ``max_segment_seconds``; the pieces of the sessions waiting at that moment are decoded in one
-``decode_streams`` call (see ``batching``), one batch at a time. sherpa-onnx really batches only
-SenseVoice and Paraformer (padded features through one model run); for Moonshine and Whisper it
+``decode_streams`` call (see ``batching``). sherpa-onnx really batches only SenseVoice and
+Paraformer (padded features through one model run), one batch at a time; for Moonshine and Whisper it
 decodes the streams one after the other, so a batch would only make everyone wait for the last
-utterance: their batches hold one utterance and sessions are served in turn. Streaming families
+utterance: their batches hold one utterance, and as many run at once as there are CPU workers, so
+every core decodes when several sessions finish together. Streaming families
 (zipformer and paraformer online models) decode while the user speaks, so ``accept`` returns
 partial text and ``finish`` only has the last few hundred milliseconds left to do.
 
@@ -193,8 +194,10 @@ class SherpaAsr:
         self.options = options
         self.streaming = files.family in STREAMING_FAMILIES
         self._retry_shifts = RETRY_SHIFTS.get(files.family, ())
+        batch = options.max_batch or self.default_batch(files.family)
+        # Batches of one gain nothing from waiting for each other: run one per worker at once.
         self.batcher: Batcher[list[Samples], list[str]] = Batcher(
-            self.decode_batch, workers, max_batch=options.max_batch or self.default_batch(files.family)
+            self.decode_batch, workers, max_batch=batch, parallel=workers.threads if batch == 1 else 1
         )
 
     @staticmethod

@@ -1,9 +1,12 @@
 """Decode what several sessions are waiting for in one call, without a background task.
 
-Callers queue their item and wait. When no batch is running, the first waiter becomes the
-leader: it lets the other tasks that are ready to run join the queue (one checkpoint), takes the
-queue, runs the batch function once in a CPU worker, and hands each waiter its result. Items that
-arrive while a batch runs form the next batch, led by whichever of their waiters wakes first.
+Callers queue their item and wait. When fewer than ``parallel`` batches are running, the first
+waiter becomes a leader: it lets the other tasks that are ready to run join the queue (one
+checkpoint), takes the queue (up to ``max_batch`` items), runs the batch function once in a CPU
+worker, and hands each waiter its result. Items that arrive while batches run form the next batch,
+led by whichever of their waiters wakes first. ``parallel`` above one suits a batch function that
+gains nothing from larger batches (sherpa-onnx decodes Moonshine and Whisper streams one after
+another): batches of one on every core instead of one core taking everyone in turn.
 
 A leader cancelled mid-batch returns at once (its worker thread is abandoned, see
 ``CpuWorkers.run``); the other items of that batch go back to the front of the queue and are
@@ -41,6 +44,8 @@ class BatchStats:
     largest: int = 0
     #: Items put back in the queue because their batch's leader was cancelled.
     requeued: int = 0
+    #: The most batches that ever ran at once.
+    most_running: int = 0
     sizes: list[int] = field(default_factory=list)
 
 
@@ -48,16 +53,24 @@ class Batcher(Generic[T, R]):
     """Runs ``decode_batch(items) -> results`` (same length and order) for waiting callers."""
 
     def __init__(
-        self, decode_batch: Callable[[list[T]], Sequence[R]], workers: CpuWorkers, *, max_batch: int = 16
+        self,
+        decode_batch: Callable[[list[T]], Sequence[R]],
+        workers: CpuWorkers,
+        *,
+        max_batch: int = 16,
+        parallel: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
         self._decode_batch = decode_batch
         self._workers = workers
         self._max_batch = max_batch
+        self._parallel = parallel
         self._queue: list[_Job[T, R]] = []
-        self._running = False
-        self._finished = trio.Event()  # set when the running batch ends; replaced for the next
+        self._running = 0  # batches running now
+        self._finished = trio.Event()  # set when a running batch ends; replaced for the next
         self.stats = BatchStats()
 
     async def decode(self, item: T) -> R:
@@ -66,17 +79,19 @@ class Batcher(Generic[T, R]):
         self._queue.append(job)
         try:
             while job.result is None:
-                if self._running:
-                    await self._finished.wait()
-                else:
+                # A job already taken by a running batch waits for it, whatever the free places.
+                if job in self._queue and self._running < self._parallel:
                     await self._lead(job)
+                else:
+                    await self._finished.wait()
         finally:
             if job in self._queue:  # cancelled before any batch took it
                 self._queue.remove(job)
         return job.result.unwrap()
 
     async def _lead(self, own: _Job[T, R]) -> None:
-        self._running = True
+        self._running += 1
+        self.stats.most_running = max(self.stats.most_running, self._running)
         batch: list[_Job[T, R]] = []
         try:
             # Let callers that are ready to run now join this batch.
@@ -105,7 +120,7 @@ class Batcher(Generic[T, R]):
             self.stats.requeued += len(others)
             raise
         finally:
-            self._running = False
+            self._running -= 1
             self._finished.set()
             self._finished = trio.Event()
 
