@@ -153,3 +153,32 @@ async def test_spoken_questions_get_spoken_answers(server: Server) -> None:
     assert [request.text for request in server.agent.requests[-len(TURNS) :]] == [
         t.text for t in transcripts
     ]
+
+
+async def test_devices_that_stop_speaking_together_are_all_understood(server: Server) -> None:
+    # Two devices whose questions end at the same moment: each gets its own transcript and
+    # answer, and their utterances are decoded side by side (one per CPU worker), since
+    # sherpa-onnx decodes Moonshine streams one at a time anyway.
+    batcher = server.app.asr.batcher
+    batcher.stats.most_running = 0
+    audio = {question: spoken(question) for _, question, _ in TURNS}
+    longest = max(len(samples) for samples in audio.values())
+    replies: dict[str, Reply] = {}
+
+    async def device(index: int, question: str) -> None:
+        async with open_device(server.app, device_id=f"02:00:00:00:0f:{index:02x}") as client:
+            await trio.sleep((longest - len(audio[question])) / RATE)
+            with trio.fail_after(30):
+                replies[question], _ = await client.ask(audio[question], trailing_silence=1.5)
+
+    async with trio.open_nursery() as nursery:
+        for index, question in enumerate(audio):
+            nursery.start_soon(device, index, question)
+
+    for _, question, answer in TURNS:
+        reply = replies[question]
+        assert reply.stt is not None
+        assert word_error_rate(question, reply.stt) <= QUESTION_WER, (question, reply.stt)
+        assert " ".join(reply.sentences) == answer
+        assert reply.packets and reply.stray_packets == 0
+    assert batcher.stats.most_running == min(2, server.app.workers.threads)
