@@ -130,6 +130,45 @@ class TurnRecorder:
                 self.turns.append({"device": result.device_id, "turn": result.turn, "outcome": result.outcome, "stages": result.stages})
 
 
+class TimedWorkers:
+    """The app's worker pool, timing each call in three parts: waiting for a thread (the pool is
+    shared and FIFO), running, and the hop back to the event loop. Measurement only."""
+
+    #: Calls kept per function at most.
+    KEEP = 50_000
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.threads = inner.threads
+        self.calls: dict[str, list[tuple[float, float, float]]] = {}
+
+    async def run(self, fn: Any, *args: object) -> Any:
+        queued = time.perf_counter()
+        marks: list[float] = []
+
+        def timed() -> Any:
+            marks.append(time.perf_counter())
+            try:
+                return fn(*args)
+            finally:
+                marks.append(time.perf_counter())
+
+        result = await self.inner.run(timed)
+        returned = time.perf_counter()
+        calls = self.calls.setdefault(getattr(fn, "__qualname__", repr(fn)), [])
+        if len(calls) < self.KEEP:
+            calls.append((marks[0] - queued, marks[1] - marks[0], returned - marks[1]))
+        return result
+
+    @property
+    def busy(self) -> int:
+        return int(self.inner.busy)
+
+    @property
+    def waiting(self) -> int:
+        return int(self.inner.waiting)
+
+
 def _server_main(spec: ServerSpec, conn: Connection) -> None:
     """The server process: build the app with the fakes, serve on loopback, answer the pipe."""
     if spec.core is not None:
@@ -153,6 +192,7 @@ def _server_main(spec: ServerSpec, conn: Connection) -> None:
         recorder = TurnRecorder()
         fakes = FakeBackends(agent=FakeAgent(answers=dict(spec.answers)))
         app = App.build(config, Plugins(entry_points=False, extra=[fakes, observability, recorder]))
+        app.workers = TimedWorkers(app.workers)  # type: ignore[assignment]
         trio.run(_serve, app, recorder, conn)
 
 
@@ -176,10 +216,12 @@ async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
                         "opened": recorder.opened,
                         "live": app.sessions.count,
                         "worker_threads": app.workers.threads,
+                        "worker_calls": app.workers.calls,
                     }
                 )
             elif command == "reset":
                 recorder.reset()
+                app.workers.calls.clear()
                 conn.send(None)
             else:  # "stop"
                 break

@@ -84,6 +84,8 @@ class Level:
     driver_lag_p99_ms: float = math.nan
     seconds: float = 0.0
     server_errors: dict[str, int] = field(default_factory=dict)
+    #: Worker-pool calls by function: (wait for a thread, run, hop back) in seconds.
+    worker_calls: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ def run_level(sessions: int, args: argparse.Namespace, uplink: Uplink) -> Level:
     level.others_cpu_percent = load.others_percent
     level.server_cpu_percent = 100 * (cpu_after - cpu_before) / (wall_after - wall_before)
     level.server_errors = stats["errors"]
+    level.worker_calls = stats["worker_calls"]
     for turn in stats["turns"]:
         if turn["outcome"] != "completed":
             continue
@@ -188,6 +191,17 @@ def report(levels: list[Level]) -> str:
             cells.append(f"{p['p50']:.1f} / {p['p95']:.1f}")
         stage_rows.append(cells)
     out.append(table(["sessions", "→ transcript", "→ first text", "→ first sentence", "→ first audio"], stage_rows))
+    out.append("\nWorker pool calls (the Opus encoder): wait for a thread / run / hop back to the event loop, p50 and p99 ms")
+    pool_rows = []
+    for level in levels:
+        for name, calls in sorted(level.worker_calls.items()):
+            parts = np.asarray(calls, dtype=float).reshape(-1, 3) * 1000
+            cells: list[object] = [level.sessions, name, len(parts)]
+            for column in range(3):
+                p = percentiles(parts[:, column])
+                cells.append(f"{p['p50']:.2f} / {p['p99']:.2f}")
+            pool_rows.append(cells)
+    out.append(table(["sessions", "call", "calls", "wait", "run", "hop back"], pool_rows))
     out.append("\nLoad (CPU in % of one core; the machine has two)")
     out.append(
         table(
