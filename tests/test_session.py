@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from xiaozhi_trio.pipeline.audio.opus import OpusDecoder
-from xiaozhi_trio.pipeline.events import FirstAudio, SessionError, TurnEnded
+from xiaozhi_trio.pipeline.events import FirstAudio, SessionError, SessionOpened, TurnEnded
 
 from .fakes.backends import speech
 from .harness import make_app, open_device
@@ -316,3 +316,16 @@ async def test_agent_usage_reaches_observers(tmp_path, autojump_clock):
         await device.ask(speech("count tokens"))
     (usage,) = events.of(AgentUsage)
     assert (usage.input_tokens, usage.output_tokens) == (12, 34)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_browser_without_headers_names_its_framing_in_the_hello(tmp_path, autojump_clock, version):
+    """No headers at all (a browser): ids from the query, framing from the hello's version."""
+    app, _, events = make_app(tmp_path)
+    path = "/xiaozhi/v1/?device-id=aa:bb:cc:dd:ee:ff&client-id=browser-1"
+    async with open_device(app, path=path, headers=[], protocol_version=version) as device:
+        reply, _ = await device.ask(speech("hello from a browser"))
+    assert reply.stt == "hello from a browser"
+    assert reply.packets
+    (opened,) = events.of(SessionOpened)
+    assert (opened.device_id, opened.client_id, opened.protocol_version) == ("aa:bb:cc:dd:ee:ff", "browser-1", version)

@@ -30,6 +30,8 @@ class Handshake:
     #: The raw ``Authorization`` value (``Bearer …``), or None.
     authorization: str | None
     path: str
+    #: Whether the client named its framing version; if not, the hello's ``version`` decides.
+    version_given: bool = True
 
 
 def _normalise_path(path: str) -> str:
@@ -52,7 +54,8 @@ def parse_handshake(target: str, headers: Iterable[tuple[bytes | str, bytes | st
         key = raw_key.decode("latin-1") if isinstance(raw_key, bytes) else raw_key
         value = raw_value.decode("utf-8", "replace") if isinstance(raw_value, bytes) else raw_value
         values[key.lower()] = value  # headers override query parameters
-    version_text = values.get("protocol-version", "1").strip() or "1"
+    version_given = bool(values.get("protocol-version", "").strip())
+    version_text = values.get("protocol-version", "").strip() or "1"
     try:
         version = int(version_text)
     except ValueError:
@@ -63,4 +66,4 @@ def parse_handshake(target: str, headers: Iterable[tuple[bytes | str, bytes | st
     client_id = values.get("client-id", "").strip()
     device_id = values.get("device-id", "").strip() or client_id or "anonymous"
     authorization = values.get("authorization") or None
-    return Handshake(device_id, client_id, version, authorization, split.path)
+    return Handshake(device_id, client_id, version, authorization, split.path, version_given)

@@ -27,7 +27,8 @@ class DeviceNotReading(Exception):
 class Outbox:
     def __init__(self, send_message: SendMessage, *, protocol_version: int, send_timeout: float) -> None:
         self._send_message = send_message
-        self._version = protocol_version
+        #: The binary framing version (settled by the handshake, or by the hello).
+        self.protocol_version = protocol_version
         self._timeout = send_timeout
         self._lock = trio.Lock()
         #: trio time of the last completed write (for keepalives).
@@ -52,5 +53,5 @@ class Outbox:
         await self._write(device_messages.encode(message))
 
     async def send_audio(self, packet: OpusPacket) -> None:
-        await self._write(pack(self._version, packet))
+        await self._write(pack(self.protocol_version, packet))
         self.packets_sent += 1

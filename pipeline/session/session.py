@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import trio
 from trio_websocket import ConnectionClosed
 
-from ..audio.framing import FramingError, JsonFrame, unpack
+from ..audio.framing import SUPPORTED_VERSIONS, FramingError, JsonFrame, unpack
 from ..audio.opus import BadAudio
 from ..backends import ToolBox
 from ..events import SessionClosed, SessionError, SessionOpened, SpeechEndDetected, TranscriptReady, TurnEnded, TurnStarted
@@ -133,9 +133,10 @@ class DeviceSession:
             if hello_scope.cancelled_caught:
                 self.log.warning("no hello within %g s; closing", self.config.session.hello_timeout)
                 return "no hello"
+            self._settle_framing(self.hello)
             await self.ctx.outbox.send_json(self._server_hello())
-            self.ctx.emit(SessionOpened, client_id=self.handshake.client_id, protocol_version=self.handshake.protocol_version)
-            self.log.info("session opened (protocol v%d, uplink %d ms frames)", self.handshake.protocol_version, self.hello.audio_params.frame_duration)
+            self.ctx.emit(SessionOpened, client_id=self.handshake.client_id, protocol_version=self.protocol_version)
+            self.log.info("session opened (protocol v%d, uplink %d ms frames)", self.protocol_version, self.hello.audio_params.frame_duration)
             reason = await self._serve()
         except* DeviceNotReading as group:
             reason = f"device stopped reading: {_leaf(group)}"
@@ -162,6 +163,16 @@ class DeviceSession:
                 return dm.parse_hello(message)
             except ProtocolError as e:
                 self._warn("bad_hello", f"waiting for hello: {e}")
+
+    @property
+    def protocol_version(self) -> int:
+        """The binary framing version in use."""
+        return self.ctx.outbox.protocol_version
+
+    def _settle_framing(self, hello: DeviceHello) -> None:
+        """A client that sent no ``Protocol-Version`` (a browser) may name it in its hello."""
+        if not self.handshake.version_given and hello.version in SUPPORTED_VERSIONS:
+            self.ctx.outbox.protocol_version = hello.version
 
     def _server_hello(self) -> dict[str, Any]:
         audio = self.config.audio
@@ -221,7 +232,7 @@ class DeviceSession:
                 return
             if isinstance(message, bytes):
                 try:
-                    frame = unpack(self.handshake.protocol_version, message)
+                    frame = unpack(self.protocol_version, message)
                 except FramingError as e:
                     self._warn("bad_frame", f"binary message ignored: {e}")
                     continue
