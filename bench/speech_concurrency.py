@@ -25,7 +25,9 @@ devices connected and idle, and its peak while they talk; the models are loaded 
 Levels N = 1, 2, 4, 6, 8, 12, 16, ... stop at the first whose device p95 passes 1.5 s, or at 32.
 ``--profile N`` samples the server with py-spy during level N and reports where its CPU time goes.
 
-Needs espeak-ng. Run from the repository root: ``python -m bench.speech_concurrency``.
+Needs espeak-ng. Run from the repository root: ``python -m bench.speech_concurrency`` (about ten
+minutes; ``--levels 1,2,4,6,8 --keep-going`` measures every level; ``--report FILE`` prints the
+figures of a saved ``bench/results/speech_concurrency.json`` again).
 """
 
 from __future__ import annotations
@@ -378,6 +380,22 @@ def run_level(sessions: int, args: argparse.Namespace, questions: list[Question]
     return level
 
 
+def memory_summary(levels: list[Level]) -> str:
+    """Memory per extra session: the slope of (memory − baseline) against N. Talking, the slope
+    is taken from N = 2 on: onnxruntime keeps an arena per decode running at once, a fixed cost
+    that the second simultaneous decode adds once, whatever the number of sessions."""
+    if len(levels) < 2:
+        return ""
+    n = np.array([lv.sessions for lv in levels], float)
+    idle = np.polyfit(n, [lv.rss_idle - lv.rss_base for lv in levels], 1)[0]
+    later = [lv for lv in levels if lv.sessions >= 2]
+    line = f"\nMemory per extra session (slope over the levels): idle {idle:.2f} MiB"
+    if len(later) >= 2:
+        talking = np.polyfit([lv.sessions for lv in later], [lv.rss_talking - lv.rss_base for lv in later], 1)
+        line += f", talking {talking[0]:.2f} MiB (from N = 2 on, above a fixed {talking[1]:.0f} MiB)"
+    return line
+
+
 def report(levels: list[Level]) -> str:
     def p(values: list[float]) -> dict[str, float]:
         return percentiles(values)
@@ -411,11 +429,7 @@ def report(levels: list[Level]) -> str:
             ],
         )
     )
-    if len(levels) >= 2:
-        n = np.array([lv.sessions for lv in levels], float)
-        idle = np.polyfit(n, [lv.rss_idle - lv.rss_base for lv in levels], 1)[0]
-        talking = np.polyfit(n, [lv.rss_talking - lv.rss_base for lv in levels], 1)[0]
-        out.append(f"\nMemory per extra session (slope over the levels): idle {idle:.2f} MiB, talking {talking:.2f} MiB")
+    out.append(memory_summary(levels))
     within = [lv.sessions for lv in levels if p(lv.device)["p95"] <= LIMIT_SECONDS]
     out.append(f"Largest N with device p95 ≤ {LIMIT_SECONDS:g} s: {max(within) if within else 'none'}")
     for lv in levels:
@@ -460,8 +474,14 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait at most for other work to calm down before a level")
     parser.add_argument("--profile", default="", help="comma-separated levels to sample with py-spy")
     parser.add_argument("--keep-going", action="store_true", help="run every level, even past the limit")
+    parser.add_argument("--report", type=Path, help="print the report and plot of a saved JSON file instead of running")
     args = parser.parse_args()
     args.profile = {int(s) for s in args.profile.split(",") if s}
+    if args.report is not None:
+        levels = [Level(**level) for level in json.loads(args.report.read_text())]
+        print(report(levels))
+        plot(levels, figure_path("speech_concurrency.png"))
+        return
     with tempfile.TemporaryDirectory(prefix="xiaozhi-bench-speech-") as tmp:
         data_dir = Path(tmp)
         questions = build_questions(data_dir / "models")
