@@ -102,7 +102,7 @@ class FixedAnswer(FakeAgent):
         return ANSWER
 
 
-def _server_main(data_dir: str, conn: Connection) -> None:
+def _server_main(data_dir: str, serial_asr: bool, conn: Connection) -> None:
     """Build the app with the real speech backends and the fixed agent; serve until told to stop."""
     logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
     from xiaozhi_trio.pipeline.app import App
@@ -115,6 +115,10 @@ def _server_main(data_dir: str, conn: Connection) -> None:
     config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}})
     recorder = TurnRecorder()
     app = App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=FixedAnswer()), recorder]))
+    if serial_asr:  # for comparison: one utterance decoded at a time, all sessions in turn
+        from xiaozhi_trio.plugins.speech.batching import Batcher
+
+        app.asr.batcher = Batcher(app.asr.decode_batch, app.workers, max_batch=1, parallel=1)
     trio.run(_serve, app, recorder, conn)
 
 
@@ -150,13 +154,14 @@ async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
 class SpeechServer:
     """The server in a child process: ``with SpeechServer(data_dir) as server: server.url``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, serial_asr: bool = False) -> None:
         self.data_dir = data_dir
+        self.serial_asr = serial_asr
 
     def __enter__(self) -> Self:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self.process = context.Process(target=_server_main, args=(str(self.data_dir), child), daemon=True)
+        self.process = context.Process(target=_server_main, args=(str(self.data_dir), self.serial_asr, child), daemon=True)
         self.process.start()
         child.close()
         if not self._conn.poll(STARTUP_TIMEOUT):
@@ -362,7 +367,7 @@ async def drive(server: SpeechServer, level: Level, questions: list[Question], r
 def run_level(sessions: int, args: argparse.Namespace, questions: list[Question], data_dir: Path) -> Level:
     level = Level(sessions)
     rounds = min(args.max_rounds, max(args.min_rounds, math.ceil(args.samples / sessions)))
-    with SpeechServer(data_dir) as server:
+    with SpeechServer(data_dir, serial_asr=args.serial_asr) as server:
         wait_for_quiet(args.quiet_wait)
         profiler = start_profiler(server.process.pid, figure_path(f"speech_concurrency_profile_{sessions}.txt")) if sessions in args.profile else None
         with MachineLoad(server.process.pid) as load:
@@ -474,6 +479,7 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait at most for other work to calm down before a level")
     parser.add_argument("--profile", default="", help="comma-separated levels to sample with py-spy")
     parser.add_argument("--keep-going", action="store_true", help="run every level, even past the limit")
+    parser.add_argument("--serial-asr", action="store_true", help="decode one utterance at a time (for comparison)")
     parser.add_argument("--report", type=Path, help="print the report and plot of a saved JSON file instead of running")
     args = parser.parse_args()
     args.profile = {int(s) for s in args.profile.split(",") if s}
