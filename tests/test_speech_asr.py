@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import inspect
 import json
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +17,14 @@ import sherpa_onnx.online_recognizer
 import soxr
 import trio
 import trio.testing
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from xiaozhi_trio.pipeline.backends import BackendContext, ConfigError
 from xiaozhi_trio.pipeline.messages import PcmChunk
 from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.pipeline.workers import CpuWorkers
-from xiaozhi_trio.plugins.speech.batching import Batcher
 from xiaozhi_trio.plugins.speech.asr import AsrOptions, SherpaAsr, recognizer_recipe
 from xiaozhi_trio.plugins.speech.models import ModelFiles, ModelInvalid, ModelMissing
-from xiaozhi_trio.plugins.speech.pieces import FRAME, PAD_SECONDS, join_texts, speech_pieces
+from xiaozhi_trio.plugins.speech.pieces import speech_pieces
 from xiaozhi_trio.plugins.speech.models.moonshine import (
     FILES,
     VOCABULARY,
@@ -302,239 +297,6 @@ def test_bad_options_are_named(options: dict[str, object], message: str) -> None
     with pytest.raises(ConfigError) as caught:
         AsrOptions.parse(options)
     assert str(caught.value).startswith(message)
-
-
-# --------------------------------------------------------------------------------------------
-# Utterance pieces and their texts
-# --------------------------------------------------------------------------------------------
-
-
-def test_silence_and_near_silence_have_no_pieces() -> None:
-    assert speech_pieces(silence(3.0), 15) == []
-    assert speech_pieces(white_noise(3.0, rms=1e-5), 15) == []
-    assert speech_pieces(np.zeros(100, np.float32), 15) == []
-
-
-def test_long_quiet_ends_are_trimmed() -> None:
-    phrase = spoken(QUESTIONS[0])
-    audio = joined(silence(2.0), phrase, silence(3.0))
-    [(start, stop, zeros)] = speech_pieces(audio, 15)
-    assert 2.0 * RATE - PAD_SECONDS * RATE - FRAME <= start <= 2.0 * RATE
-    assert 2.0 * RATE + len(phrase) <= stop <= 2.0 * RATE + len(phrase) + PAD_SECONDS * RATE + FRAME
-    assert zeros == 0  # the audio has quiet enough after the speech
-
-
-def test_zeros_make_up_the_quiet_after_speech_that_stops_abruptly() -> None:
-    phrase = spoken(QUESTIONS[0])
-    [(start, stop, zeros)] = speech_pieces(joined(silence(0.5), phrase), 15)
-    assert stop == len(phrase) + round(0.5 * RATE)
-    assert PAD_SECONDS * RATE - 2 * FRAME <= zeros <= PAD_SECONDS * RATE
-    [(_, _, fewer)] = speech_pieces(joined(silence(0.5), phrase, silence(0.1)), 15)
-    assert fewer <= zeros - 0.1 * RATE + FRAME
-
-
-def test_a_long_utterance_is_cut_in_its_pauses() -> None:
-    parts = [spoken(q) for q in QUESTIONS]
-    audio = joined(*[joined(p, silence(0.4)) for p in parts])
-    pieces = speech_pieces(audio, 6.0)
-    assert len(pieces) >= 3
-    assert all(stop - start <= 6.0 * RATE for start, stop, _ in pieces)
-    # Every cut falls in one of the pauses between sentences, never inside one.
-    pauses, position = [], 0
-    for p in parts:
-        position += len(p)
-        pauses.append((position, position + round(0.4 * RATE)))
-        position += round(0.4 * RATE)
-    for (_, stop, _), (start, _, _) in zip(pieces, pieces[1:]):
-        assert any(lo - FRAME <= stop and start <= hi + FRAME for lo, hi in pauses), (stop, start)
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    blocks=st.lists(st.tuples(st.floats(0.02, 4.0), st.sampled_from([0.0, 0.002, 0.1, 0.3])), min_size=1, max_size=12),
-    max_seconds=st.floats(2.0, 8.0),
-)
-def test_pieces_cover_every_loud_frame_within_the_limit(blocks: list[tuple[float, float]], max_seconds: float) -> None:
-    rng = np.random.default_rng(0)
-    audio = joined(*[rng.normal(0, level, round(s * RATE)).astype(np.float32) for s, level in blocks])
-    pieces = speech_pieces(audio, max_seconds)
-    assert all(0 <= start < stop <= len(audio) and zeros >= 0 for start, stop, zeros in pieces)
-    assert all(a[1] <= b[0] for a, b in zip(pieces, pieces[1:]))
-    assert all(stop - start <= max_seconds * RATE + FRAME for start, stop, _ in pieces)
-    covered = np.zeros(len(audio), bool)
-    for start, stop, _ in pieces:
-        covered[start:stop] = True
-    frames = len(audio) // FRAME
-    rms = np.sqrt(np.mean(audio[: frames * FRAME].reshape(frames, FRAME).astype(np.float64) ** 2, axis=1))
-    if frames and np.percentile(rms, 95) >= 3e-4:
-        loud = np.flatnonzero(rms >= max(0.1 * np.percentile(rms, 95), 3e-4))
-        assert all(covered[f * FRAME : (f + 1) * FRAME].all() for f in loud)
-
-
-def test_texts_are_joined_with_spaces_except_between_cjk() -> None:
-    assert join_texts(["Hello there.", "", " How are you? "]) == "Hello there. How are you?"
-    assert join_texts(["今天天气", "怎么样"]) == "今天天气怎么样"
-    assert join_texts(["打开", "WiFi"]) == "打开WiFi"
-    assert join_texts([]) == ""
-
-
-# --------------------------------------------------------------------------------------------
-# Cross-session batching (with a stand-in batch function)
-# --------------------------------------------------------------------------------------------
-
-
-class _Doubler:
-    """A batch function that doubles numbers and remembers each batch; can be made to block."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.gate: threading.Event | None = None
-        self._entered: queue.Queue[list[int]] = queue.Queue()
-
-    def __call__(self, items: list[int]) -> list[int]:
-        self.batches.append(list(items))
-        self._entered.put(list(items))
-        if self.gate is not None:
-            self.gate.wait(10)
-        if any(i < 0 for i in items):
-            raise RuntimeError("negative input")
-        return [2 * i for i in items]
-
-    async def entered(self) -> list[int]:
-        """Wait until a worker thread is inside the next batch; return its items."""
-        return await trio.to_thread.run_sync(self._entered.get, True, 10.0)
-
-
-async def _decode_all(batcher: Batcher[int, int], items: list[int]) -> dict[int, int]:
-    results: dict[int, int] = {}
-
-    async def one(item: int) -> None:
-        results[item] = await batcher.decode(item)
-
-    async with trio.open_nursery() as nursery:
-        for item in items:
-            nursery.start_soon(one, item)
-    return results
-
-
-async def test_callers_that_arrive_together_share_one_batch() -> None:
-    fn = _Doubler()
-    batcher = Batcher(fn, CpuWorkers(2))
-    assert await _decode_all(batcher, [1, 2, 3, 4, 5]) == {1: 2, 2: 4, 3: 6, 4: 8, 5: 10}
-    assert len(fn.batches) == 1 and sorted(fn.batches[0]) == [1, 2, 3, 4, 5]
-    assert batcher.stats.batches == 1 and batcher.stats.items == 5
-
-
-async def test_callers_that_arrive_during_a_batch_form_the_next_one() -> None:
-    fn = _Doubler()
-    fn.gate = threading.Event()
-    batcher = Batcher(fn, CpuWorkers(2))
-    results: dict[int, int] = {}
-
-    async def one(item: int) -> None:
-        results[item] = await batcher.decode(item)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(one, 1)
-        assert await fn.entered() == [1]
-        for item in (2, 3, 4):
-            nursery.start_soon(one, item)
-        await trio.testing.wait_all_tasks_blocked()
-        fn.gate.set()
-    assert results == {1: 2, 2: 4, 3: 6, 4: 8}
-    assert fn.batches[0] == [1] and sorted(fn.batches[1]) == [2, 3, 4] and len(fn.batches) == 2
-
-
-async def test_batches_are_limited_in_size() -> None:
-    fn = _Doubler()
-    batcher = Batcher(fn, CpuWorkers(2), max_batch=2)
-    assert len(await _decode_all(batcher, list(range(5)))) == 5
-    assert [len(b) for b in fn.batches] == [2, 2, 1]
-
-
-async def test_a_cancelled_leader_hands_its_batch_to_the_others() -> None:
-    fn = _Doubler()
-    fn.gate = threading.Event()
-    batcher = Batcher(fn, CpuWorkers(2))
-    results: dict[int, int] = {}
-
-    async def one(item: int) -> None:
-        results[item] = await batcher.decode(item)
-
-    async with trio.open_nursery() as nursery:
-        with trio.CancelScope() as leader_scope:
-            async with trio.open_nursery() as leader:
-                leader.start_soon(one, 1)
-                assert await fn.entered() == [1]
-                for item in (2, 3):  # these wait for the running batch to end
-                    nursery.start_soon(one, item)
-                await trio.testing.wait_all_tasks_blocked()
-                leader_scope.cancel()
-        # One of them leads the next batch at once, while the abandoned thread still runs.
-        assert sorted(await fn.entered()) == [2, 3]
-        fn.gate.set()
-    assert results == {2: 4, 3: 6}
-    assert batcher.stats.requeued == 0  # the leader's batch held only its own item
-
-
-async def test_a_cancelled_leader_requeues_the_items_of_its_batch() -> None:
-    fn = _Doubler()
-    fn.gate = threading.Event()
-    batcher = Batcher(fn, CpuWorkers(2))
-    results: dict[int, int] = {}
-    scopes = {item: trio.CancelScope() for item in (1, 2)}
-
-    async def one(item: int) -> None:
-        with scopes[item]:
-            results[item] = await batcher.decode(item)
-
-    async with trio.open_nursery() as nursery:
-        for item in (1, 2):
-            nursery.start_soon(one, item)
-        batch = await fn.entered()
-        assert sorted(batch) == [1, 2]
-        leader, other = batch  # the leader queued first
-        scopes[leader].cancel()
-        assert await fn.entered() == [other]  # decoded again, by the other as the new leader
-        fn.gate.set()  # both threads finish; the abandoned one's results are thrown away
-    assert results == {other: 2 * other}
-    assert batcher.stats.requeued == 1
-
-
-async def test_a_failed_batch_fails_each_of_its_callers() -> None:
-    batcher = Batcher(_Doubler(), CpuWorkers(2))
-    errors = []
-
-    async def one(item: int) -> None:
-        try:
-            await batcher.decode(item)
-        except RuntimeError as e:
-            errors.append(str(e))
-
-    async with trio.open_nursery() as nursery:
-        for item in (1, -1, 2):
-            nursery.start_soon(one, item)
-    assert errors == ["negative input"] * 3
-    assert await batcher.decode(3) == 6  # and the batcher goes on
-
-
-async def test_a_caller_cancelled_while_queued_leaves_the_queue() -> None:
-    fn = _Doubler()
-    fn.gate = threading.Event()
-    batcher = Batcher(fn, CpuWorkers(2))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(batcher.decode, 1)
-        assert await fn.entered() == [1]
-        with trio.CancelScope() as scope:
-            nursery.start_soon(lambda: _cancel_soon(scope))
-            await batcher.decode(2)
-        fn.gate.set()
-    assert fn.batches == [[1]]
-
-
-async def _cancel_soon(scope: trio.CancelScope) -> None:
-    await trio.testing.wait_all_tasks_blocked()
-    scope.cancel()
 
 
 # --------------------------------------------------------------------------------------------
