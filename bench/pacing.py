@@ -223,11 +223,11 @@ def plot(levels: list[Level], name: str) -> str:
     for level in levels:
         gaps = [g for reply in level.replies for g in reply.gaps_ms]
         if gaps:
-            gaps_ax.hist(np.clip(gaps, 0, 300), bins=bins, histtype="step", label=f"{level.sessions} sessions", log=True)
+            gaps_ax.hist(np.clip(gaps, 0, 300), bins=bins, histtype="step", label=f"{level.sessions} session{'s' if level.sessions > 1 else ''}", log=True)
         # The reply whose queue ran lowest once playing (after its opening burst) is the one to look at.
         worst = min(level.replies, key=lambda r: min(r.leads_ms[3:], default=math.inf), default=None)
         if worst is not None:
-            lead_ax.plot(np.arange(len(worst.leads_ms)) * FRAME, worst.leads_ms, linewidth=0.8, label=f"{level.sessions} sessions (the reply whose queue ran lowest)")
+            lead_ax.plot(np.arange(len(worst.leads_ms)) * FRAME, worst.leads_ms, linewidth=0.8, label=f"{level.sessions} session{'s' if level.sessions > 1 else ''} (the reply whose queue ran lowest)")
     gaps_ax.axvline(FRAME * 1000, color="grey", linestyle=":")
     gaps_ax.set_xlabel("gap between consecutive packets at the device, ms")
     gaps_ax.set_ylabel("packets")

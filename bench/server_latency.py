@@ -240,7 +240,7 @@ def plot(levels: list[Level], name: str) -> str:
         for level in levels:
             values = np.sort(np.asarray(pick(level)))
             if len(values):
-                ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=f"{level.sessions} sessions")
+                ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=f"{level.sessions} session{'s' if level.sessions > 1 else ''}")
         for target in TARGETS_MS.values():
             ax.axvline(target, color="grey", linestyle=":", linewidth=1)
         ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
