@@ -73,6 +73,13 @@ class Playback:
     #: Packet indices that arrived after the queue had run dry.
     underrun_at: list[int] = field(default_factory=list)
 
+    @property
+    def min_margin_ms(self) -> float:
+        """The least audio still queued when a packet arrived once the opening burst was in
+        (negative: the queue had run dry): the margin left against late packets."""
+        burst = round(LEAD_MS / (FRAME * 1000))
+        return min((self.leads_ms[i - 1] - self.gaps_ms[i - 1] for i in range(burst, self.packets)), default=math.nan)
+
     @classmethod
     def model(cls, times: list[float]) -> Playback:
         played_out: float | None = None
@@ -161,6 +168,7 @@ def report(levels: list[Level]) -> str:
                 p["max"],
                 f"{late} of {len(gaps)}",
                 max((r.max_lead_ms for r in level.replies), default=math.nan),
+                min((r.min_margin_ms for r in level.replies), default=math.nan),
                 f"{max((r.max_lead_ms for r in level.replies), default=0) / (FRAME * 1000):.1f} / {DEVICE_BUFFER_FRAMES}",
                 sum(r.underruns for r in level.replies),
                 f"{sum(r.starved_ms for r in level.replies):.0f}",
@@ -178,6 +186,7 @@ def report(levels: list[Level]) -> str:
         "max gap ms",
         "gaps > 70 ms",
         "max lead ms",
+        "min queue at an arrival ms (after the burst)",
         "max lead frames / buffer",
         "underruns",
         "starved ms",
