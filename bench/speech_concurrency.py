@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import re
 import signal
 import subprocess
@@ -102,7 +103,7 @@ class FixedAnswer(FakeAgent):
         return ANSWER
 
 
-def _server_main(data_dir: str, serial_asr: bool, conn: Connection) -> None:
+def _server_main(data_dir: str, conn: Connection) -> None:
     """Build the app with the real speech backends and the fixed agent; serve until told to stop."""
     logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
     from xiaozhi_trio.pipeline.app import App
@@ -115,18 +116,16 @@ def _server_main(data_dir: str, serial_asr: bool, conn: Connection) -> None:
     config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}})
     recorder = TurnRecorder()
     app = App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=FixedAnswer()), recorder]))
-    if serial_asr:  # for comparison: one utterance decoded at a time, all sessions in turn
-        from xiaozhi_trio.plugins.speech.batching import Batcher
-
-        app.asr.batcher = Batcher(app.asr.decode_batch, app.workers, max_batch=1, parallel=1)
     trio.run(_serve, app, recorder, conn)
 
 
 async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
     from xiaozhi_trio.pipeline.server import serve_devices
+    from xiaozhi_trio.plugins.speech.batching import Batcher
 
     lag = LoopLag()
-    batcher = getattr(app.asr, "batcher", None)
+    # For comparison: the recognizer's own batcher, or one decoding a single utterance at a time.
+    batchers = {"parallel": app.asr.batcher, "serial": Batcher(app.asr.decode_batch, app.workers, max_batch=1, parallel=1)}
     async with trio.open_nursery() as nursery:
         conn.send(await nursery.start(serve_devices, app, "127.0.0.1", 0))
         nursery.start_soon(lag.run)
@@ -137,13 +136,19 @@ async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
                 break
             if command == "stats":
                 lags = percentiles(lag.samples, (50, 99))
-                sizes = list(batcher.stats.sizes) if batcher is not None else []
-                conn.send({"turns": recorder.turns, "errors": dict(recorder.errors), "loop_lag": lags, "batches": sizes})
+                sizes = [size for b in batchers.values() for size in b.stats.sizes]
+                conn.send({"errors": dict(recorder.errors), "loop_lag": lags, "batches": sizes})
+            elif command == "turns":  # the turns finished since the last call
+                conn.send(recorder.turns)
+                recorder.turns = []
+            elif command in ("asr parallel", "asr serial"):
+                app.asr.batcher = batchers[command.split()[1]]
+                conn.send(None)
             elif command == "reset":
                 recorder.reset()
                 lag.samples.clear()
-                if batcher is not None:
-                    batcher.stats.sizes.clear()
+                for b in batchers.values():
+                    b.stats.sizes.clear()
                 conn.send(None)
             else:
                 break
@@ -154,14 +159,13 @@ async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
 class SpeechServer:
     """The server in a child process: ``with SpeechServer(data_dir) as server: server.url``."""
 
-    def __init__(self, data_dir: Path, *, serial_asr: bool = False) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.serial_asr = serial_asr
 
     def __enter__(self) -> Self:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self.process = context.Process(target=_server_main, args=(str(self.data_dir), self.serial_asr, child), daemon=True)
+        self.process = context.Process(target=_server_main, args=(str(self.data_dir), child), daemon=True)
         self.process.start()
         child.close()
         if not self._conn.poll(STARTUP_TIMEOUT):
@@ -295,6 +299,8 @@ def build_questions(models_dir: Path) -> list[Question]:
 @dataclass
 class Level:
     sessions: int
+    #: How the server decoded utterances: "parallel" (its own batcher) or "serial" (one at a time).
+    asr: str = "parallel"
     device: list[float] = field(default_factory=list)
     device_after_vad: list[float] = field(default_factory=list)
     server: list[float] = field(default_factory=list)
@@ -332,57 +338,65 @@ async def sample_rss(server: SpeechServer, into: list[int]) -> None:
         await trio.sleep(0.2)
 
 
-async def drive(server: SpeechServer, level: Level, questions: list[Question], rounds: int, max_seconds: float) -> None:
+async def drive(server: SpeechServer, levels: list[Level], questions: list[Question], rounds: int, max_seconds: float) -> None:
+    """Warm up, measure the baseline, connect the devices, then ``rounds`` rounds per level in
+    turn (the levels differ only in how the server decodes, so their rounds alternate)."""
     # Warm-up: the first decode and synthesis set up onnxruntime's buffers; then the baseline.
     async with open_device(server.url, 10_000) as device:
         await turn(device, questions[0], trio.current_time(), Level(0))
     await trio.sleep(1.0)
-    level.rss_base = server.rss() / 2**20
     await trio.to_thread.run_sync(server.request, "reset")
+    await trio.to_thread.run_sync(server.request, "turns")
+    base = server.rss() / 2**20
     longest = max(q.voiced_frames for q in questions)
     async with AsyncExitStack() as stack:
-        devices = [await stack.enter_async_context(open_device(server.url, i + 1)) for i in range(level.sessions)]
+        devices = [await stack.enter_async_context(open_device(server.url, i + 1)) for i in range(levels[0].sessions)]
         await trio.sleep(1.0)
-        level.rss_idle = server.rss() / 2**20
+        idle = server.rss() / 2**20
         samples: list[int] = []
         cpu_before, wall_before = server.cpu_seconds(), trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample_rss, server, samples)
             with trio.move_on_after(max_seconds):
-                for _ in range(rounds):
+                for index in range(rounds * len(levels)):
+                    level = levels[index % len(levels)]
+                    await trio.to_thread.run_sync(server.request, f"asr {level.asr}")
                     t0 = trio.current_time() + 0.2
                     async with trio.open_nursery() as speakers:
-                        for index, device in enumerate(devices):
-                            question = questions[index % len(questions)]
+                        for number, device in enumerate(devices):
+                            question = questions[number % len(questions)]
                             # Every question ends at the same moment.
                             start = t0 + (longest - question.voiced_frames) * FRAME
                             speakers.start_soon(turn, device, question, start, level)
                     level.rounds += 1
                     await trio.sleep(0.8)  # the firmware plays out its queue, the user thinks
+                    for summary in await trio.to_thread.run_sync(server.request, "turns"):
+                        if summary["outcome"] == "completed":
+                            for stage, seconds in summary["stages"].items():
+                                level.stages.setdefault(stage, []).append(seconds)
             nursery.cancel_scope.cancel()
-        level.server_cpu_percent = 100 * (server.cpu_seconds() - cpu_before) / (trio.current_time() - wall_before)
-        level.rss_talking = max(samples) / 2**20
+        cpu = 100 * (server.cpu_seconds() - cpu_before) / (trio.current_time() - wall_before)
+    for level in levels:
+        level.rss_base, level.rss_idle, level.rss_talking = base, idle, max(samples) / 2**20
+        level.server_cpu_percent = cpu
+        level.server = level.stages.get("speech_end_to_first_audio", [])
 
 
-def run_level(sessions: int, args: argparse.Namespace, questions: list[Question], data_dir: Path) -> Level:
-    level = Level(sessions)
+def run_level(sessions: int, args: argparse.Namespace, questions: list[Question], data_dir: Path) -> list[Level]:
+    """One server process for ``sessions`` devices; a Level per way of decoding in ``args.asr``."""
+    levels = [Level(sessions, asr=asr) for asr in (("parallel", "serial") if args.asr == "both" else (args.asr,))]
     rounds = min(args.max_rounds, max(args.min_rounds, math.ceil(args.samples / sessions)))
-    with SpeechServer(data_dir, serial_asr=args.serial_asr) as server:
+    with SpeechServer(data_dir) as server:
         wait_for_quiet(args.quiet_wait)
         profiler = start_profiler(server.process.pid, figure_path(f"speech_concurrency_profile_{sessions}.txt")) if sessions in args.profile else None
         with MachineLoad(server.process.pid) as load:
-            trio.run(drive, server, level, questions, rounds, args.max_seconds)
-        if profiler is not None:
-            level.profile = profile_summary(stop_profiler(profiler))
+            trio.run(drive, server, levels, questions, rounds, args.max_seconds)
+        profile = profile_summary(stop_profiler(profiler)) if profiler is not None else {}
         stats = server.request("stats")
-    level.others_cpu_percent = load.others_percent
-    level.loop_lag, level.batches, level.errors = stats["loop_lag"], stats["batches"], stats["errors"]
-    for summary in stats["turns"]:
-        if summary["outcome"] == "completed":
-            for stage, seconds in summary["stages"].items():
-                level.stages.setdefault(stage, []).append(seconds)
-    level.server = level.stages.get("speech_end_to_first_audio", [])
-    return level
+    for level in levels:
+        level.others_cpu_percent = load.others_percent
+        level.loop_lag, level.batches, level.errors, level.profile = stats["loop_lag"], stats["batches"], stats["errors"], profile
+    return levels
 
 
 def memory_summary(levels: list[Level]) -> str:
@@ -401,6 +415,10 @@ def memory_summary(levels: list[Level]) -> str:
     return line
 
 
+def label(level: Level) -> str:
+    return f"{level.sessions}" + ("" if level.asr == "parallel" else f" ({level.asr} ASR)")
+
+
 def report(levels: list[Level]) -> str:
     def p(values: list[float]) -> dict[str, float]:
         return percentiles(values)
@@ -409,7 +427,7 @@ def report(levels: list[Level]) -> str:
     rows = []
     for lv in levels:
         d, a, s = p(lv.device), p(lv.device_after_vad), p(lv.server)
-        rows.append([lv.sessions, int(d["n"]), lv.lost, f"{d['p50']:.2f}", f"{d['p95']:.2f}", f"{d['max']:.2f}", f"{a['p95']:.2f}", f"{s['p50']:.2f}", f"{s['p95']:.2f}"])
+        rows.append([label(lv), int(d["n"]), lv.lost, f"{d['p50']:.2f}", f"{d['p95']:.2f}", f"{d['max']:.2f}", f"{a['p95']:.2f}", f"{s['p50']:.2f}", f"{s['p95']:.2f}"])
     out = ["End of speech → first reply audio (device), after the VAD's decision, and in the server", table(head, rows)]
     stages = ["speech_end_to_transcript", "transcript_to_first_text", "first_text_to_first_sentence", "first_sentence_to_first_audio"]
     out.append("\nServer stages, p50 / p95 s; ASR batch sizes; server event-loop lag")
@@ -417,7 +435,7 @@ def report(levels: list[Level]) -> str:
         table(
             ["sessions", "→ transcript", "→ agent text", "→ sentence", "→ first audio", "mean batch", "loop lag p99 ms", "loop lag max ms", "stt WER"],
             [
-                [lv.sessions]
+                [label(lv)]
                 + [f"{p(lv.stages.get(st, []))['p50']:.2f} / {p(lv.stages.get(st, []))['p95']:.2f}" for st in stages]
                 + [f"{np.mean(lv.batches):.2f}" if lv.batches else "–", lv.loop_lag.get("p99", math.nan) * 1000, lv.loop_lag.get("max", math.nan) * 1000, f"{np.mean(lv.wer):.3f}" if lv.wer else "–"]
                 for lv in levels
@@ -429,16 +447,19 @@ def report(levels: list[Level]) -> str:
         table(
             ["sessions", "baseline", "idle", "talking peak", "per session idle", "per session talking", "server CPU %", "others CPU %", "errors"],
             [
-                [lv.sessions, lv.rss_base, lv.rss_idle, lv.rss_talking, (lv.rss_idle - lv.rss_base) / lv.sessions, (lv.rss_talking - lv.rss_base) / lv.sessions, lv.server_cpu_percent, lv.others_cpu_percent, lv.errors or "none"]
+                [label(lv), lv.rss_base, lv.rss_idle, lv.rss_talking, (lv.rss_idle - lv.rss_base) / lv.sessions, (lv.rss_talking - lv.rss_base) / lv.sessions, lv.server_cpu_percent, lv.others_cpu_percent, lv.errors or "none"]
                 for lv in levels
             ],
         )
     )
-    out.append(memory_summary(levels))
-    within = [lv.sessions for lv in levels if p(lv.device)["p95"] <= LIMIT_SECONDS]
-    out.append(f"Largest N with device p95 ≤ {LIMIT_SECONDS:g} s: {max(within) if within else 'none'}")
+    for asr in dict.fromkeys(lv.asr for lv in levels):
+        mode = [lv for lv in levels if lv.asr == asr]
+        within = [lv.sessions for lv in mode if p(lv.device)["p95"] <= LIMIT_SECONDS]
+        out.append(f"{asr} ASR: largest N with device p95 ≤ {LIMIT_SECONDS:g} s: {max(within) if within else 'none'}")
+        if asr == levels[0].asr and (memory := memory_summary(mode)):
+            out.append(memory)
     for lv in levels:
-        if lv.profile:
+        if lv.profile and lv.asr == levels[0].asr:
             out.append(f"\nWhere the server's CPU went with {lv.sessions} sessions (py-spy, {lv.profile['samples']} samples of busy threads)")
             out.append(table(["thread", "share %"], sorted(lv.profile["threads"].items(), key=lambda kv: -kv[1])))
             out.append(table(["work", "share %"], sorted(lv.profile["work"].items(), key=lambda kv: -kv[1])))
@@ -451,19 +472,24 @@ def plot(levels: list[Level], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [lv.sessions for lv in levels]
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    ax.plot(n, [percentiles(lv.device)["p50"] for lv in levels], "o-", label="p50, device (from end of speech)")
-    ax.plot(n, [percentiles(lv.device)["p95"] for lv in levels], "s-", label="p95, device (from end of speech)")
-    ax.plot(n, [percentiles(lv.server)["p95"] for lv in levels], "^--", alpha=0.7, label="p95, server (from the VAD's decision)")
+    for asr in dict.fromkeys(lv.asr for lv in levels):
+        mode = [lv for lv in levels if lv.asr == asr]
+        n = [lv.sessions for lv in mode]
+        name = "" if len({lv.asr for lv in levels}) == 1 else f"{asr} ASR, "
+        style = "-" if asr == "parallel" else ":"
+        ax.plot(n, [percentiles(lv.device)["p50"] for lv in mode], "o" + style, label=f"{name}p50, device (from end of speech)")
+        ax.plot(n, [percentiles(lv.device)["p95"] for lv in mode], "s" + style, label=f"{name}p95, device (from end of speech)")
+        ax.plot(n, [percentiles(lv.server)["p95"] for lv in mode], "^--", alpha=0.6, label=f"{name}p95, server (from the VAD's decision)")
     ax.axhline(LIMIT_SECONDS, color="red", linestyle=":", label=f"{LIMIT_SECONDS:g} s")
     ax.set_xlabel("sessions speaking at the same moment")
     ax.set_ylabel("end of speech → first reply audio (s)")
-    ax.set_xticks(n)
+    ax.set_xticks(sorted({lv.sessions for lv in levels}))
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    ax.set_title("Local speech (silero + Moonshine base-en + Piper joe), instant agent, 2 cores", fontsize=10)
+    cores = len(os.sched_getaffinity(0))
+    ax.set_title(f"Local speech (silero + Moonshine base-en + Piper joe), instant agent, {cores} cores", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -479,7 +505,7 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait at most for other work to calm down before a level")
     parser.add_argument("--profile", default="", help="comma-separated levels to sample with py-spy")
     parser.add_argument("--keep-going", action="store_true", help="run every level, even past the limit")
-    parser.add_argument("--serial-asr", action="store_true", help="decode one utterance at a time (for comparison)")
+    parser.add_argument("--asr", choices=("parallel", "serial", "both"), default="parallel", help="how the server decodes utterances that end together: its own batcher (one decode per CPU worker), one at a time, or both in alternate rounds")
     parser.add_argument("--report", type=Path, help="print the report and plot of a saved JSON file instead of running")
     args = parser.parse_args()
     args.profile = {int(s) for s in args.profile.split(",") if s}
@@ -494,11 +520,13 @@ def main() -> None:
         print(f"{machine()}; questions {[round(q.voiced_frames * FRAME, 2) for q in questions]} s of speech", flush=True)
         levels: list[Level] = []
         for sessions in (int(s) for s in args.levels.split(",")):
-            level = run_level(sessions, args, questions, data_dir)
-            levels.append(level)
-            d = percentiles(level.device)
-            print(f"... {sessions} session(s): {int(d['n'])} turns, p50 {d['p50']:.2f} s, p95 {d['p95']:.2f} s, lost {level.lost}", flush=True)
-            if not args.keep_going and (d["p95"] > LIMIT_SECONDS or level.lost):
+            measured = run_level(sessions, args, questions, data_dir)
+            levels.extend(measured)
+            for level in measured:
+                d = percentiles(level.device)
+                print(f"... {label(level)}: {int(d['n'])} turns, p50 {d['p50']:.2f} s, p95 {d['p95']:.2f} s, lost {level.lost}", flush=True)
+            d = percentiles(measured[0].device)
+            if not args.keep_going and (d["p95"] > LIMIT_SECONDS or measured[0].lost):
                 break
     print()
     print(report(levels))
