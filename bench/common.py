@@ -526,6 +526,17 @@ def figure_path(name: str) -> Path:
     return RESULTS / name
 
 
+def save_figure(fig: Any, name: str) -> str:
+    """Lay out ``fig``, write it to ``bench/results/<name>`` and close it; return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = figure_path(name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def machine() -> str:
     """A one-line description of this machine, for the tables."""
     model = "unknown CPU"

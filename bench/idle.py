@@ -38,6 +38,7 @@ from bench.common import (
     ServerSpec,
     end_of_speech_packet,
     figure_path,
+    save_figure,
     frames,
     machine,
     open_device,
@@ -265,11 +266,7 @@ def plot(result: Result, name: str) -> str:
     ax.set_ylabel("server RSS, MiB")
     ax.set_title(f"Server memory: {result.per_device_kb:.0f} KiB per idle device")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = figure_path(name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, name)
 
 
 def main() -> None:

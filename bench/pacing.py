@@ -36,6 +36,7 @@ from bench.common import (
     ServerProcess,
     ServerSpec,
     figure_path,
+    save_figure,
     frames,
     machine,
     open_device,
@@ -248,11 +249,7 @@ def plot(levels: list[Level], name: str) -> str:
     lead_ax.set_ylabel("modelled device queue after each arrival, ms")
     lead_ax.legend(fontsize=8)
     fig.suptitle("Downlink pacing of a 30 s reply")
-    fig.tight_layout()
-    path = figure_path(name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, name)
 
 
 def main() -> None:

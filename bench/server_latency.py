@@ -46,6 +46,7 @@ from bench.common import (
     ServerSpec,
     end_of_speech_packet,
     figure_path,
+    save_figure,
     frames,
     machine,
     open_device,
@@ -251,11 +252,7 @@ def plot(levels: list[Level], name: str) -> str:
     axes[0].set_ylabel("fraction of turns")
     axes[0].legend()
     fig.suptitle("Server-added turn latency, instant backends (dotted: 30 / 100 ms targets; dashed: p95)")
-    fig.tight_layout()
-    path = figure_path(name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, name)
 
 
 def main() -> None:
