@@ -66,6 +66,7 @@ from bench.common import (
     open_device,
     opus_packets,
     percentiles,
+    save_figure,
     table,
     wait_for_quiet,
 )
@@ -466,7 +467,7 @@ def report(levels: list[Level]) -> str:
     return "\n".join(out)
 
 
-def plot(levels: list[Level], path: Path) -> None:
+def plot(levels: list[Level], name: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -490,9 +491,7 @@ def plot(levels: list[Level], path: Path) -> None:
     ax.legend()
     cores = len(os.sched_getaffinity(0))
     ax.set_title(f"Local speech (silero + Moonshine base-en + Piper joe), instant agent, {cores} cores", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, name)
 
 
 def main() -> None:
@@ -512,7 +511,7 @@ def main() -> None:
     if args.report is not None:
         levels = [Level(**level) for level in json.loads(args.report.read_text())]
         print(report(levels))
-        plot(levels, figure_path("speech_concurrency.png"))
+        plot(levels, "speech_concurrency.png")
         return
     with tempfile.TemporaryDirectory(prefix="xiaozhi-bench-speech-") as tmp:
         data_dir = Path(tmp)
@@ -530,8 +529,7 @@ def main() -> None:
                 break
     print()
     print(report(levels))
-    path = figure_path("speech_concurrency.png")
-    plot(levels, path)
+    path = plot(levels, "speech_concurrency.png")
     figure_path("speech_concurrency.json").write_text(json.dumps([asdict(lv) for lv in levels]))
     print(f"\nplot: {path}")
 
