@@ -477,11 +477,11 @@ def plot(levels: list[Level], name: str) -> str:
     for asr in dict.fromkeys(lv.asr for lv in levels):
         mode = [lv for lv in levels if lv.asr == asr]
         n = [lv.sessions for lv in mode]
-        name = "" if len({lv.asr for lv in levels}) == 1 else f"{asr} ASR, "
+        prefix = "" if len({lv.asr for lv in levels}) == 1 else f"{asr} ASR, "
         style = "-" if asr == "parallel" else ":"
-        ax.plot(n, [percentiles(lv.device)["p50"] for lv in mode], "o" + style, label=f"{name}p50, device (from end of speech)")
-        ax.plot(n, [percentiles(lv.device)["p95"] for lv in mode], "s" + style, label=f"{name}p95, device (from end of speech)")
-        ax.plot(n, [percentiles(lv.server)["p95"] for lv in mode], "^--", alpha=0.6, label=f"{name}p95, server (from the VAD's decision)")
+        ax.plot(n, [percentiles(lv.device)["p50"] for lv in mode], "o" + style, label=f"{prefix}p50, device (from end of speech)")
+        ax.plot(n, [percentiles(lv.device)["p95"] for lv in mode], "s" + style, label=f"{prefix}p95, device (from end of speech)")
+        ax.plot(n, [percentiles(lv.server)["p95"] for lv in mode], "^--", alpha=0.6, label=f"{prefix}p95, server (from the VAD's decision)")
     ax.axhline(LIMIT_SECONDS, color="red", linestyle=":", label=f"{LIMIT_SECONDS:g} s")
     ax.set_xlabel("sessions speaking at the same moment")
     ax.set_ylabel("end of speech → first reply audio (s)")
