@@ -73,7 +73,7 @@ class App:
         Raises ``ConfigError`` naming the backend that could not be built and why.
         """
         plugins = plugins or Plugins()
-        workers = CpuWorkers(config.workers.cpu_threads or None)
+        workers = context.workers if context is not None else CpuWorkers(config.workers.cpu_threads or None)
         if context is None:
             data_dir = config.server.data_path
             conversations = open_conversation_store(config.extra.get("store", {}), data_dir)
