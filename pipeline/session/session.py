@@ -187,7 +187,7 @@ class DeviceSession:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(decode_uplink, uplink_receive, pcm_send, self._on_bad_packet)
-            nursery.start_soon(detect_utterances, pcm_receive, utterance_send, detector)
+            nursery.start_soon(detect_utterances, pcm_receive, utterance_send, detector, self.app.workers)
             nursery.start_soon(recognize, utterance_receive, inbox_send.clone(), self.app.asr, self._on_speech_end)
             nursery.start_soon(self._control, inbox_receive)
             nursery.start_soon(self._keep_alive)

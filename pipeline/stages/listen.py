@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from ..backends import VadStream
+from ..workers import CpuWorkers
 from ..messages import (
     ListenStart,
     ListenStop,
@@ -47,6 +48,16 @@ class UtteranceDetector:
     @property
     def listening(self) -> bool:
         return self.mode is not None
+
+    @property
+    def needs_vad(self) -> bool:
+        """Listening in a mode where the VAD decides, with no VAD state opened yet."""
+        return self._vad is None and self.mode in ("auto", "realtime")
+
+    def open_vad(self) -> None:
+        """Open the VAD state now (it may load a model: call it off the event loop)."""
+        if self._vad is None:
+            self._vad = self._open_vad()
 
     def _reset(self) -> None:
         if self._vad is not None:
@@ -118,9 +129,14 @@ async def detect_utterances(
     receive: trio.MemoryReceiveChannel[PcmChunk | UplinkControl],
     send: trio.MemorySendChannel[UtteranceOutput],
     detector: UtteranceDetector,
+    workers: CpuWorkers,
 ) -> None:
+    """Run the detector over the uplink. A session's VAD state is opened in a worker when it
+    first listens (opening may load a model: tens of ms that would stall every session)."""
     with receive, send:
         async for item in receive:
+            if isinstance(item, PcmChunk) and detector.needs_vad:
+                await workers.run(detector.open_vad)
             outputs = detector.audio(item) if isinstance(item, PcmChunk) else detector.control(item)
             for output in outputs:
                 await send.send(output)
