@@ -30,6 +30,7 @@ import httpx
 
 from . import ModelFiles, ModelMissing
 from .catalog import CatalogEntry, Download, candidate_urls, get_entry
+from .folders import replace_dir
 from .locate import installed_files, locate_model
 from .validate import validate_model
 
@@ -354,13 +355,7 @@ def install_entry(
             )
             + "\n"
         )
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=models_dir))
-            os.rename(dest, old / name)
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
+        replace_dir(tmp, dest)
     except ModelMissing as e:
         raise InstallError(
             f"{name}: the downloaded files are not what the catalog expects ({e})"

@@ -7,17 +7,15 @@ the official archives get there through ``xiaozhi-trio models install NAME``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from . import ModelFiles, ModelMissing
 from .catalog import CatalogEntry, get_entry
-from .piper import PREPARED_MARKER, prepare_piper_joe
+from .folders import prepared_from, preparing
+from .piper import prepare_piper_joe
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +82,9 @@ def _prepare_silero(entry: CatalogEntry, dest: Path) -> ModelFiles:
     result = ModelFiles(
         entry.name, entry.role, entry.family, entry.language, dest, {"model": target}
     )
-    if _prepared_from(dest) == origin and target.is_file():
+    if prepared_from(dest) == origin and target.is_file():
         return result
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with preparing(dest, entry.name, origin) as tmp:
         shutil.copyfile(source, tmp / entry.files["model"])
-        (tmp / PREPARED_MARKER).write_text(
-            json.dumps({"name": entry.name, "source": origin}) + "\n"
-        )
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s from %s", entry.name, origin)
     return result
-
-
-def _prepared_from(dest: Path) -> str | None:
-    try:
-        return str(json.loads((dest / PREPARED_MARKER).read_text())["source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

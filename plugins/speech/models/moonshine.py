@@ -13,17 +13,15 @@ token.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import shutil
-import tempfile
 from importlib import metadata as importlib_metadata
 from importlib.resources import files as package_files
 from pathlib import Path
 
 from . import ModelFiles, ModelInvalid, ModelMissing
-from .piper import PREPARED_MARKER
+from .folders import prepared_from, preparing
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +69,6 @@ def _origin() -> str:
     return f"{PACKAGE} {importlib_metadata.version(PACKAGE)}"
 
 
-def _prepared_from(dest: Path) -> str | None:
-    try:
-        return str(json.loads((dest / PREPARED_MARKER).read_text())["source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
     # A hard link costs no space and survives the package being upgraded or removed.
     try:
@@ -96,7 +87,7 @@ def prepare_moonshine(dest: Path) -> ModelFiles:
     files = {role: dest / name for role, name in FILES.items()}
     result = ModelFiles(NAME, "asr", "moonshine", "en", dest, files)
     origin = _origin()
-    if _prepared_from(dest) == origin and all(path.is_file() for path in files.values()):
+    if prepared_from(dest) == origin and all(path.is_file() for path in files.values()):
         return result
     source = package_dir()
     needed = [source / FILES["encoder"], source / FILES["decoder"], source / "tokenizer.bin"]
@@ -109,24 +100,9 @@ def prepare_moonshine(dest: Path) -> ModelFiles:
         raise ModelInvalid(f"model {NAME!r}: {needed[2]} is not a Moonshine tokenizer ({e})") from None
     if len(tokens) != VOCABULARY:
         raise ModelInvalid(f"model {NAME!r}: {needed[2]} has {len(tokens)} tokens, expected {VOCABULARY}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with preparing(dest, NAME, origin) as tmp:
         _link_or_copy(needed[0], tmp / FILES["encoder"])
         _link_or_copy(needed[1], tmp / FILES["decoder"])
         (tmp / FILES["tokens"]).write_text(tokens_text(tokens), encoding="utf-8")
-        (tmp / PREPARED_MARKER).write_text(json.dumps({"name": NAME, "source": origin}) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            # Another process prepared it at the same moment: theirs is as good as ours.
-            if _prepared_from(dest) != origin:
-                raise
-            return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s from %s in %s", NAME, origin, dest)
     return result

