@@ -69,16 +69,22 @@ def _logfmt_value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """Time, level, logger, device, session, message, then the record's extras, in that order."""
+    fields: dict[str, Any] = {"time": _timestamp(record), "level": record.levelname.lower(), "logger": record.name}
+    for key in ("device", "session"):
+        if (value := getattr(record, key, None)) is not None:
+            fields[key] = value
+    fields["msg"] = record.getMessage()
+    fields.update(_extras(record))
+    return fields
+
+
 class LogfmtFormatter(logging.Formatter):
     """``key=value`` lines: time, level, logger, device, session, msg, extras, then any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {"time": _timestamp(record), "level": record.levelname.lower(), "logger": record.name}
-        for key in ("device", "session"):
-            if (value := getattr(record, key, None)) is not None:
-                fields[key] = value
-        fields["msg"] = record.getMessage()
-        fields.update(_extras(record))
+        fields = _fields(record)
         line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
         if record.exc_info:
             line += " exc=" + _logfmt_value(self.formatException(record.exc_info))
@@ -89,12 +95,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the same fields as ``LogfmtFormatter``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {"time": _timestamp(record), "level": record.levelname.lower(), "logger": record.name}
-        for key in ("device", "session"):
-            if (value := getattr(record, key, None)) is not None:
-                fields[key] = value
-        fields["msg"] = record.getMessage()
-        fields.update(_extras(record))
+        fields = _fields(record)
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         return json.dumps(fields, ensure_ascii=False, default=str)
