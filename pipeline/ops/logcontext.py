@@ -45,7 +45,7 @@ class SessionContextFilter(logging.Filter):
     """Sets ``record.device`` and ``record.session`` from the context (an explicit ``extra`` wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # ``device_id``/``session_id`` extras (a session's LoggerAdapter) count as explicit too.
+        # ``device_id``/``session_id`` passed as ``extra=`` count as explicit too.
         if getattr(record, "device", None) is None:
             record.device = getattr(record, "device_id", None) or device_id_var.get()
         if getattr(record, "session", None) is None:

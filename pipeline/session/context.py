@@ -27,7 +27,7 @@ class SessionContext:
     workers: CpuWorkers
     outbox: Outbox
     observe: Any  # Callable[[SessionEvent], None]
-    log: logging.LoggerAdapter[logging.Logger]
+    log: logging.Logger
 
     def emit(self, event_type: type[SessionEvent], **fields: Any) -> None:
         """Report a session event, stamped with the ids and trio's clock."""

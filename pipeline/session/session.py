@@ -104,8 +104,8 @@ class DeviceSession:
         self._nursery: trio.Nursery | None = None
         self.tools: ToolBox | None = None
         self.mcp: Any = None
-        extra = {"device_id": handshake.device_id, "session_id": self.session_id}
-        self.log = logging.LoggerAdapter(log, extra)
+        # Device and session ids reach every log line through ``bind_session`` (see server.py).
+        self.log = log
         self.ctx = SessionContext(
             session_id=self.session_id,
             device_id=handshake.device_id,
