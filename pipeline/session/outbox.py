@@ -33,7 +33,6 @@ class Outbox:
         self._lock = trio.Lock()
         #: trio time of the last completed write (for keepalives).
         self.last_sent_at = trio.current_time()
-        self.packets_sent = 0
         self._broken: DeviceNotReading | None = None
 
     async def _write(self, message: str | bytes) -> None:
@@ -54,4 +53,3 @@ class Outbox:
 
     async def send_audio(self, packet: OpusPacket) -> None:
         await self._write(pack(self.protocol_version, packet))
-        self.packets_sent += 1

@@ -16,7 +16,7 @@ import trio
 from ..audio.opus import OpusEncoder
 from ..backends import AgentRequest, BackendError, ToolBox
 from ..events import AgentUsage, FirstAgentText, FirstAudio, FirstSentence, SessionError
-from ..messages import AgentText, EncodedOutput, Emotion, PcmChunk, Sentence, SpeechOutput
+from ..messages import AgentText, EncodedOutput, PcmChunk, Sentence, SpeechOutput, SplitterOutput
 from ..stages.agent import ask_agent, speak_text
 from ..stages.encoder import encode_speech
 from ..stages.pacing import Pacer
@@ -63,7 +63,7 @@ async def run_turn(
     audio = ctx.config.audio
     session = ctx.config.session
     agent_send, agent_receive = trio.open_memory_channel[AgentText](0)
-    sentence_send, sentence_receive = trio.open_memory_channel[Sentence | Emotion](SENTENCE_BUFFER)
+    sentence_send, sentence_receive = trio.open_memory_channel[SplitterOutput](SENTENCE_BUFFER)
     speech_send, speech_receive = trio.open_memory_channel[SpeechOutput](0)
     packet_send, packet_receive = trio.open_memory_channel[EncodedOutput](PACKET_BUFFER)
     encoder = OpusEncoder(audio.downlink_sample_rate, audio.downlink_frame_ms, audio.opus_bitrate)

@@ -46,10 +46,6 @@ class UtteranceDetector:
         self._utterance_samples = 0
 
     @property
-    def listening(self) -> bool:
-        return self.mode is not None
-
-    @property
     def needs_vad(self) -> bool:
         """Listening in a mode where the VAD decides, with no VAD state opened yet."""
         return self._vad is None and self.mode in ("auto", "realtime")
