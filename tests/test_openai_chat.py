@@ -90,6 +90,21 @@ async def test_streams_the_answer_and_sends_a_proper_request(
     await agent.aclose()
 
 
+async def test_asks_for_usage_in_the_stream_and_reports_it(server: FakeOpenAI, store: SqliteConversationStore) -> None:
+    server.script(text_reply("One, ", "two, ", "three."))
+    agent = make_agent(server, store)
+    usage: list[tuple[int, int]] = []
+    send, receive = trio.open_memory_channel[AgentText](1000)
+    request = AgentRequest("aa:bb:cc", "session-1", "Count", report_usage=lambda used, made: usage.append((used, made)))
+    await agent.respond(request, send)
+    assert server.requests[0].body["stream_options"] == {"include_usage": True}
+    # The fake sends the usage chunk only because it was asked for.
+    assert usage == [(20, 3)]
+    send.close()
+    receive.close()
+    await agent.aclose()
+
+
 async def test_first_words_are_handed_on_before_the_answer_is_complete(
     server: FakeOpenAI, store: SqliteConversationStore
 ) -> None:

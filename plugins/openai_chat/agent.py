@@ -162,7 +162,13 @@ class OpenAIChatAgent:
         turn: _Turn,
     ) -> tuple[list[ToolCall], str]:
         """One request; speaks its content as it arrives; returns (tool calls, text of this round)."""
-        body: dict[str, Any] = {"model": self.options.model, "messages": messages, "stream": True}
+        body: dict[str, Any] = {
+            "model": self.options.model,
+            "messages": messages,
+            "stream": True,
+            # Without it a stream carries no token counts; with it a last chunk (no choices) does.
+            "stream_options": {"include_usage": True},
+        }
         if self.options.temperature is not None:
             body["temperature"] = self.options.temperature
         if self.options.max_tokens is not None:

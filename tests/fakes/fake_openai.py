@@ -13,7 +13,8 @@ test sets the gate (a slow first token, or a barge-in mid-answer), ``delay`` sle
 event (for timeouts under the autojump clock), ``done=False`` ends the body without ``[DONE]``,
 ``drop=True`` closes the connection mid-body, ``HttpReply`` sends any status and body (401, 429,
 500, a JSON error with HTTP 200). The server records each request and notices a client that hangs
-up mid-stream (``client_gone``).
+up mid-stream (``client_gone``). As the real APIs do, a stream ends with a usage chunk (no
+``choices``) only when the request asks for it with ``stream_options.include_usage``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,15 @@ def last_message(body: dict[str, Any], role: str) -> str:
     raise AssertionError(f"no {role} message in {body['messages']}")
 
 
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _is_usage_chunk(event: dict[str, Any] | bytes) -> bool:
+    return isinstance(event, dict) and "usage" in event and not event.get("choices")
+
+
 # ---- the server -------------------------------------------------------------------------------------
 
 
@@ -217,7 +227,7 @@ class FakeOpenAI:
             if isinstance(reply, HttpReply):
                 await self._send_http(conn, stream, reply)
                 return True
-            return await self._send_stream(conn, stream, reply)
+            return await self._send_stream(conn, stream, reply, usage=_wants_usage(request.body))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._client_hung_up()
             return False
@@ -237,14 +247,15 @@ class FakeOpenAI:
         await stream.send_all(conn.send(h11.Data(data=data)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
 
-    async def _send_stream(self, conn: h11.Connection, stream: trio.SocketStream, reply: Stream) -> bool:
+    async def _send_stream(self, conn: h11.Connection, stream: trio.SocketStream, reply: Stream, *, usage: bool) -> bool:
         headers = [
             ("content-type", "text/event-stream; charset=utf-8"),
             ("cache-control", "no-cache"),
             ("x-request-id", "req-fake"),
         ]
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
-        events = list(reply.events)
+        # As the real APIs: the usage chunk only for requests that ask for it.
+        events = [event for event in reply.events if usage or not _is_usage_chunk(event)]
         if reply.done:
             events.append(b"data: [DONE]" + reply.newline + reply.newline)
         finished = False
