@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -68,6 +69,13 @@ class Server:
         #: Paths served without Range support (always the whole file, status 200).
         self.no_range: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
+        #: Each request's Accept-Encoding header.
+        self.accept_encodings: list[str | None] = []
+        #: Paths gzip-compressed on the fly for clients that accept gzip, as some mirrors and
+        #: CDNs do (Range then applies to the compressed bytes)...
+        self.compress: set[str] = set()
+        #: ...and paths compressed whatever the client accepts.
+        self.always_compress: set[str] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,10 +85,15 @@ class Server:
             def do_GET(self) -> None:
                 path = self.path.lstrip("/")
                 server.requests.append((path, self.headers.get("Range")))
+                accept = self.headers.get("Accept-Encoding")
+                server.accept_encodings.append(accept)
                 data = server.files.get(path)
                 if data is None:
                     self.send_error(404)
                     return
+                gzipped = path in server.always_compress or (path in server.compress and "gzip" in (accept or ""))
+                if gzipped:
+                    data = gzip.compress(data, mtime=0)
                 start = 0
                 header = self.headers.get("Range")
                 if header and path not in server.no_range:
@@ -97,6 +110,8 @@ class Server:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                if gzipped:
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 cut = server.drop_after.pop(path, None)
@@ -192,6 +207,41 @@ def test_a_dropped_connection_resumes_with_a_range_request(
     )
     resumed_from = int(server.requests[1][1].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_from <= 300_000
+    assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES
+
+
+def test_downloads_ask_for_the_bytes_uncompressed(server: Server, tmp_path: Path) -> None:
+    entry = entry_for(server)
+    path = "asr-models/fake-model.tar.bz2"
+    server.drop_after[path] = 300_000
+    install_entry(entry, tmp_path, validate=False)
+    assert len(server.requests) == 2
+    assert server.accept_encodings == ["identity", "identity"]
+
+
+def test_a_compressing_mirror_still_resumes_at_the_right_offset(server: Server, tmp_path: Path) -> None:
+    entry = entry_for(server)
+    path = "asr-models/fake-model.tar.bz2"
+    server.compress.add(path)
+    server.drop_after[path] = 300_000
+    seen: list[tuple[int, int | None]] = []
+    install_entry(entry, tmp_path, validate=False, progress=lambda label, done, total: seen.append((done, total)))
+    ranges = [r for _, r in server.requests]
+    assert ranges[0] is None and ranges[1] is not None and len(ranges) == 2
+    assert 0 < int(ranges[1].removeprefix("bytes=").rstrip("-")) <= 300_000
+    assert seen[-1] == (len(ARCHIVE), len(ARCHIVE))
+    assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES
+
+
+def test_a_server_that_compresses_anyway_is_fetched_whole_again(server: Server, tmp_path: Path) -> None:
+    entry = entry_for(server)
+    path = "asr-models/fake-model.tar.bz2"
+    server.always_compress.add(path)
+    (tmp_path / DOWNLOADS).mkdir()
+    (tmp_path / DOWNLOADS / "fake-model.tar.bz2.part").write_bytes(ARCHIVE[:1000])
+    install_entry(entry, tmp_path, validate=False)
+    # The compressed range could not continue the part file: the whole file came again.
+    assert [r for _, r in server.requests] == ["bytes=1000-", None]
     assert (tmp_path / "fake-asr" / "model.int8.onnx").read_bytes() == MODEL_BYTES
 
 

@@ -122,28 +122,43 @@ def _fetch_once(
     Raises ``httpx.TransportError`` when the connection drops (the part file keeps what came).
     """
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # The file's own bytes, never a compressed rendering of them: Range offsets and Content-Length
+    # then count the bytes written to the part file, even behind a mirror that compresses.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     with client.stream("GET", url, headers=headers) as response:
         if response.status_code == 416 and offset:
             # Nothing left to send: the part file is already whole (checked by the caller).
             return offset
         response.raise_for_status()
-        if offset and response.status_code != 206:
-            offset = 0  # the server ignored the Range header: start over
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        with open(part, "ab" if offset else "wb") as out:
-            done = offset
-            for block in response.iter_bytes(CHUNK):
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(label, done, total)
-        if total is not None and done < total:
-            raise httpx.RemoteProtocolError(
-                f"connection closed after {done} of {total} bytes"
-            )
-        return total
+        # A server that compresses anyway counts offsets and lengths in compressed bytes, so its
+        # body (decoded by httpx) can neither continue a part file nor be checked for length.
+        encoded = response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+        if not (offset and encoded):
+            if offset and response.status_code != 206:
+                offset = 0  # the server ignored the Range header: start over
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length and length.isdigit() and not encoded else None
+            _write_body(response, part, offset, total, label, progress)
+            return total
+    part.unlink()  # the compressed range cannot be spliced on: fetch the whole file again
+    return _fetch_once(client, url, part, label, progress)
+
+
+def _write_body(
+    response: httpx.Response, part: Path, offset: int, total: int | None, label: str, progress: Progress | None
+) -> None:
+    """Write the body to ``part`` from ``offset``; ``RemoteProtocolError`` if it falls short of ``total``."""
+    with open(part, "ab" if offset else "wb") as out:
+        done = offset
+        for block in response.iter_bytes(CHUNK):
+            out.write(block)
+            done += len(block)
+            if progress:
+                progress(label, done, total)
+    if total is not None and done < total:
+        raise httpx.RemoteProtocolError(f"connection closed after {done} of {total} bytes")
 
 
 def download_file(
