@@ -68,6 +68,9 @@ MARKDOWN_TOKENS = [
     "👍🏽",
     "→",
     "•",
+    "‼️",
+    "⁉",
+    "Ⓜ️",
     "3.14",
     "10:30",
     "你好",
@@ -115,7 +118,7 @@ def test_one_character_at_a_time_gives_the_same_clean_text(text: str) -> None:
 @given(markdown_text())
 def test_clean_text_has_no_markup_or_emoji_left(text: str) -> None:
     clean = clean_text(text)
-    assert not set(clean) & set("*_`#\\\r😊❤👍→•\ufe0f")
+    assert not set(clean) & set("*_`#\\\r😊❤👍→•\ufe0f‼⁉Ⓜ")
     for line in clean.split("\n") if clean else []:
         assert line and line == tidy_whitespace(line)
 
@@ -173,6 +176,8 @@ def test_urls_are_always_shortened(text: str) -> None:
         ("---\ntext\n***\n___", "text"),
         ("你好😊！今天☀️天气不错👍🏽。", "你好！今天天气不错。"),
         ("1️⃣ 第一 → 第二 • 第三", "1 第一 第二 第三"),
+        ("Wow‼️ Really⁉ Ⓜ️etro Ⓜ", "Wow! Really? etro"),
+        ("太好了‼今天⁉️", "太好了!今天?"),
         ("25℃, 30°", "25℃, 30°"),
         ("[1] note [a](b c)", "[1] note [a](b c)"),
         ("C# and #tag and snake_case", "C and tag and snakecase"),

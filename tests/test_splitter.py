@@ -69,6 +69,9 @@ REPLY_TOKENS = [
     "😊",
     "❤️",
     " 😂 ",
+    "‼️",
+    "⁉",
+    "Ⓜ️",
     "你好",
     "我是小智",
     "今天天气不错",
@@ -248,6 +251,8 @@ def test_at_most_one_emotion_and_only_first(text: str) -> None:
         ("Well... I think so. Hmm... maybe not.", ["Well...", "I think so.", "Hmm... maybe not."]),
         ("wait...what? OK.", ["wait...what?", "OK."]),
         ("嗯……让我想想。", ["嗯……", "让我想想。"]),
+        # Emoji that are punctuation still end a sentence.
+        ("Great news‼️ Are you ready⁉ Ⓜ️ Go.", ["Great news!", "Are you ready?", "Go."]),
         # URLs and e-mail.
         (
             "See https://example.com/a.b?c=1. Then mail a.b@c.com. Bye!",

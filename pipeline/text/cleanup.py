@@ -13,7 +13,8 @@ splitter can work on clean text while the reply is still arriving:
 * bare URLs are shortened to their host (``https://www.example.com/a?b=1`` → ``example.com``),
   which can be spoken and shown; e-mail addresses are kept as they are;
 * emoji, pictographs, arrows, shapes, box drawing, joiners, variation selectors, private-use and
-  control characters are removed.
+  control characters are removed; the emoji ``‼`` and ``⁉`` become ``!`` and ``?``, so the
+  sentence end they mark survives.
 
 Newlines are kept (they end sentences); other whitespace is left for :func:`tidy_whitespace`.
 Every decision is taken only once the text it depends on has arrived (at most the rest of the
@@ -28,7 +29,7 @@ from enum import Enum
 # Characters TTS cannot say.
 _UNSPEAKABLE = (
     "\x00-\x08\x0b-\x1f\x7f"  # control characters except tab and newline (\r goes too)
-    "\u00a9\u00ae\u2122\u2139"  # © ® ™ ℹ
+    "\u00a9\u00ae\u2122\u2139\u24c2"  # © ® ™ ℹ Ⓜ
     "\u200b-\u200f\u2060-\u2064\ufeff"  # zero-width spaces, joiners, direction marks
     "\u2022\u2023\u2043"  # bullets
     "\u20e3"  # combining keycap
@@ -46,6 +47,8 @@ _UNSPEAKABLE = (
     "\U000f0000-\U0010ffff"  # supplementary private use
 )
 _DROP = re.compile(f"[{_UNSPEAKABLE}*_`#\\\\]+")
+# Emoji that are punctuation too: the picture goes, the sentence end it marks stays.
+_EMOJI_PUNCTUATION = str.maketrans({"\u203c": "!", "\u2049": "?"})  # ‼ ⁉
 
 # A bare URL: scheme or "www." at the start of a word, then the ASCII characters a URL may hold
 # (so a space, CJK text or a bracket ends it). Trailing .,;:!? belong to the sentence.
@@ -63,7 +66,7 @@ _URL_PARTIAL = re.compile(
 _LINK = re.compile(r"\[([^\[\]\n]{0,300})\]\(([^()\s]{0,500})\)")
 _LINK_PARTIAL = re.compile(r"\[[^\[\]\n]{0,300}(?:\](?:\([^()\s]{0,500})?)?\Z")
 # Deltas with none of the characters above can skip the inline scanner.
-_PLAIN = re.compile(f"[^{_UNSPEAKABLE}*_`#\\\\\\[hHwW|\n]*")
+_PLAIN = re.compile(f"[^{_UNSPEAKABLE}\u203c\u2049*_`#\\\\\\[hHwW|\n]*")
 
 # Line prefixes.
 _BULLET = re.compile(r"[-*+][ \t]")
@@ -188,7 +191,7 @@ def _scan_inline(text: str, pos: int, final: bool, in_url: bool = False) -> tupl
             break
         out.append(_url_host(body[:kept]))
         pos = url.start(3) + kept
-    return _DROP.sub("", "".join(out)).replace("|", " "), pos, in_url
+    return _DROP.sub("", "".join(out).translate(_EMOJI_PUNCTUATION)).replace("|", " "), pos, in_url
 
 
 class MarkdownCleaner:
