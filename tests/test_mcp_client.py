@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import version
 from typing import Any
 
 import pytest
 import trio
+import xiaozhi_trio.pipeline
 from xiaozhi_trio.pipeline.backends import ToolResult
 from xiaozhi_trio.pipeline.protocol.mcp import McpClient, McpError
 
@@ -50,6 +52,17 @@ async def test_initialize_announces_vision_and_reads_server_info() -> None:
     assert first["method"] == "initialize" and isinstance(first["id"], int)
     assert first["params"]["capabilities"] == {"vision": {"url": "http://server:8003/vision", "token": "tok"}}
     assert device.received[1] == {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+async def test_initialize_names_the_installed_package_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    device = SimulatedDevice()
+    await connect(device).initialize()
+    assert device.received[0]["params"]["clientInfo"] == {"name": "xiaozhi-trio", "version": version("xiaozhi-trio")}
+    # Read from the package when asked, not written into the client.
+    monkeypatch.setattr(xiaozhi_trio.pipeline, "__version__", "9.8.7")
+    device = SimulatedDevice()
+    await connect(device).initialize()
+    assert device.received[0]["params"]["clientInfo"]["version"] == "9.8.7"
 
 
 async def test_initialize_without_vision_sends_empty_capabilities() -> None:

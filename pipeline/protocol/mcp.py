@@ -24,12 +24,14 @@ from typing import Any
 
 import trio
 
+import xiaozhi_trio.pipeline
+
 from ..backends import ToolResult, ToolSpec
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "2024-11-05"
-CLIENT_INFO = {"name": "xiaozhi-trio", "version": "0.1.0"}
+CLIENT_NAME = "xiaozhi-trio"
 #: A listing that needs more pages than this is treated as a device bug (a cursor loop).
 MAX_LIST_PAGES = 64
 #: JSON-RPC ids stay within the firmware's ``int`` (it reads ``valueint``).
@@ -148,7 +150,9 @@ class McpClient:
             if vision_token:
                 vision["token"] = vision_token
             capabilities["vision"] = vision
-        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": capabilities, "clientInfo": CLIENT_INFO}
+        # The installed package's version, as its metadata says (read when asked, so it is never stale).
+        client_info = {"name": CLIENT_NAME, "version": xiaozhi_trio.pipeline.__version__}
+        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": capabilities, "clientInfo": client_info}
         result = await self._request("initialize", params)
         info = result.get("serverInfo")
         self.server_info = dict(info) if isinstance(info, Mapping) else {}
