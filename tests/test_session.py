@@ -48,6 +48,24 @@ async def test_auto_mode_turn(tmp_path, autojump_clock, version):
     assert events.of(FirstAudio)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_each_sentence_is_framed_by_marks_that_carry_its_text(tmp_path, autojump_clock, version):
+    app, fakes, _ = make_app(tmp_path)
+    fakes.agent.answers["what time is it"] = "It is three o'clock. Time for tea!"
+    async with open_device(app, protocol_version=version) as device:
+        await device.listen_start("auto")
+        await device.speak(speech("what time is it"))
+        reply = await device.receive_reply()
+    marks = [(m["state"], m.get("text")) for m in reply.messages if m["type"] == "tts" and "sentence" in m["state"]]
+    assert marks == [
+        ("sentence_start", "It is three o'clock."),
+        ("sentence_end", "It is three o'clock."),
+        ("sentence_start", "Time for tea!"),
+        ("sentence_end", "Time for tea!"),
+    ]
+    assert all(m["session_id"] == device.server_hello["session_id"] for m in reply.messages if m["type"] == "tts")
+
+
 async def test_reply_audio_is_the_synthesized_audio(tmp_path, autojump_clock):
     app, fakes, _ = make_app(tmp_path)
     fakes.agent.answers["hi"] = "Hello there, nice to meet you."

@@ -53,7 +53,7 @@ async def send_reply(
                 case SentenceStart(text=text):
                     progress.sentences += 1
                     await outbox.send_json(dm.tts(session_id, "sentence_start", text))
-                case SentenceEnd():
-                    await outbox.send_json(dm.tts(session_id, "sentence_end"))
+                case SentenceEnd(text=text):
+                    await outbox.send_json(dm.tts(session_id, "sentence_end", text))
                 case Emotion(name=name, emoji=emoji):
                     await outbox.send_json(dm.llm_emotion(session_id, name, emoji))
