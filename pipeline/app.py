@@ -11,11 +11,14 @@ import trio
 
 from .backends import (
     KINDS,
+    OPTIONAL_KINDS,
     Agent,
     BackendContext,
+    BackendUnavailable,
     ConfigError,
     SpeechRecognizer,
     SpeechSynthesizer,
+    TurnDetector,
     VoiceActivityDetector,
 )
 from .config import Config
@@ -60,6 +63,10 @@ class App:
     agent: Agent
     tts: SpeechSynthesizer
     context: BackendContext
+    #: The end-of-turn detector; None: pauses are judged by the VAD's silence window alone.
+    turn: TurnDetector | None = None
+    #: Why an optional backend is not in use (kind → message), for ``check`` and the log.
+    unavailable: dict[str, BackendUnavailable] = field(default_factory=dict)
     sessions: LiveSessions = field(default_factory=LiveSessions)
     #: Per-turn recordings, when ``[recording] enabled``.
     recorder: Recorder | None = None
@@ -85,11 +92,21 @@ class App:
                 conversations=conversations,
             )
         backends: dict[str, Any] = {}
+        unavailable: dict[str, BackendUnavailable] = {}
         # The agent first: missing credentials should stop the server before models load.
         for kind in sorted(KINDS, key=lambda k: k != "agent"):
             chosen = config.backend(kind)
+            if kind in OPTIONAL_KINDS and chosen.backend == "off":
+                log.info("%s backend: off", kind)
+                continue
             try:
                 backends[kind] = plugins.backends.create(kind, chosen.backend, context, chosen.options)
+            except BackendUnavailable as e:
+                if kind not in OPTIONAL_KINDS:
+                    raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
+                unavailable[kind] = e
+                log.warning("[%s] %s is not available, going on without it: %s", kind, chosen.backend, e)
+                continue
             except ConfigError as e:
                 raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
             log.info("%s backend: %s", kind, chosen.backend)
@@ -97,7 +114,10 @@ class App:
         recorder = None
         if recording.enabled:
             recorder = Recorder(context.data_dir / "recordings", int(recording.max_megabytes * 1024 * 1024))
-        return cls(config=config, plugins=plugins, workers=workers, context=context, recorder=recorder, **backends)
+        return cls(
+            config=config, plugins=plugins, workers=workers, context=context, recorder=recorder,
+            unavailable=unavailable, **backends,
+        )
 
     def make_tools(self, session: Any) -> tuple[McpClient | None, SessionTools]:
         """The session's MCP client to the device (if it speaks MCP) and its tool box."""
@@ -106,7 +126,7 @@ class App:
 
     async def aclose(self) -> None:
         """Release what backends and stores hold (HTTP clients, database files)."""
-        for backend in (self.vad, self.asr, self.agent, self.tts):
+        for backend in (self.vad, self.asr, self.agent, self.tts, self.turn):
             close = getattr(backend, "aclose", None)
             if close is not None:
                 await close()

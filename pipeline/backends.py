@@ -1,4 +1,4 @@
-"""The four kinds of backend a session is built from, as typed protocols.
+"""The kinds of backend a session is built from, as typed protocols.
 
 A backend object is made once per process by the factory a plugin registered (see ``hookspecs``) and
 shared by every session. Anything per-session or per-utterance (a VAD state, a recognition stream)
@@ -38,6 +38,19 @@ class BackendError(Exception):
 
 class ConfigError(Exception):
     """The configuration (or a backend's options) is wrong; the message says exactly how."""
+
+
+class BackendUnavailable(ConfigError):
+    """A backend is configured right but cannot run on this machine (its model is not installed,
+    or its file is unreadable). For an optional kind (``turn``) the server goes on without it.
+
+    ``broken`` tells a damaged install (a missing or corrupt file: an error in ``check``) from
+    one that simply is not there yet (a note in ``check``).
+    """
+
+    def __init__(self, message: str, *, broken: bool = False) -> None:
+        super().__init__(message)
+        self.broken = broken
 
 
 @dataclass(frozen=True)
@@ -178,4 +191,36 @@ class SpeechSynthesizer(Protocol):
         ...
 
 
-KINDS = ("vad", "asr", "agent", "tts")
+# --------------------------------------------------------------------------------------------
+# Turn detection
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnVerdict:
+    """Whether the user's turn sounds finished, with the model's probability that it is."""
+
+    probability: float
+    complete: bool
+
+
+class TurnDetector(Protocol):
+    """Semantic end-of-turn detection, asked at each short pause in the user's speech.
+
+    A call costs tens of milliseconds of CPU, so it is made only a few times per utterance, and
+    the backend does the work through ``BackendContext.workers`` (never on the event loop).
+    """
+
+    sample_rate: int
+
+    async def predict(self, utterance: PcmChunk) -> TurnVerdict:
+        """``utterance`` is the user's speech so far (ending in the pause); is the turn over?
+
+        Raise ``BackendError`` on failure: the policy then waits for the silence limit.
+        """
+        ...
+
+
+KINDS = ("vad", "asr", "agent", "tts", "turn")
+#: Kinds the server can run without: a backend of these that is unavailable is logged and skipped.
+OPTIONAL_KINDS = ("turn",)

@@ -2,9 +2,10 @@
 environment.
 
 ``config.example.toml`` documents every key; ``xiaozhi-trio check`` validates a file. Each table
-maps to a frozen dataclass below. Backend tables (``[vad]``, ``[asr]``, ``[agent]``, ``[tts]``) name
-their backend with ``backend = "…"``; every other key of the table goes to that backend's factory
-as its options, and the backend checks them.
+maps to a frozen dataclass below. Backend tables (``[vad]``, ``[asr]``, ``[agent]``, ``[tts]``,
+``[turn]``) name their backend with ``backend = "…"``; every other key of the table goes to that
+backend's factory as its options, and the backend checks them. ``[turn]`` also holds the turn
+policy's own keys (``TurnPolicyConfig``), which are taken out before the rest reaches the backend.
 """
 
 from __future__ import annotations
@@ -90,6 +91,23 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class TurnPolicyConfig:
+    """When a pause ends the user's turn (the ``[turn]`` keys besides the backend's own)."""
+
+    #: Silence after which the turn detector is first asked whether the user has finished.
+    pause_ms: float = 200.0
+    #: Silence that ends the turn whatever the detector says.
+    max_silence_ms: float = 1600.0
+    #: While the detector says "not finished", ask again after this much more silence.
+    recheck_ms: float = 400.0
+    #: Probability of "finished" at which the turn ends.
+    threshold: float = 0.5
+    #: Listen modes that use the detector; the others keep the VAD's own silence window
+    #: (``manual`` ends with ``listen stop`` anyway).
+    modes: tuple[str, ...] = ("auto", "realtime")
+
+
+@dataclass(frozen=True)
 class WorkersConfig:
     #: Threads for CPU-heavy backend work shared by all sessions; 0 = one per core.
     cpu_threads: int = 0
@@ -105,6 +123,8 @@ class Config:
     asr: BackendConfig = field(default_factory=lambda: BackendConfig("sherpa-onnx"))
     agent: BackendConfig = field(default_factory=lambda: BackendConfig("coze"))
     tts: BackendConfig = field(default_factory=lambda: BackendConfig("sherpa-onnx"))
+    turn: BackendConfig = field(default_factory=lambda: BackendConfig("smart-turn"))
+    turn_policy: TurnPolicyConfig = field(default_factory=TurnPolicyConfig)
     #: Tables this module does not know, kept for other parts (``[ota]``, ``[auth]``...) to read.
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -113,7 +133,9 @@ class Config:
 
 
 _SECTIONS = {"server": ServerConfig, "session": SessionConfig, "audio": AudioConfig, "workers": WorkersConfig}
-_BACKENDS = ("vad", "asr", "agent", "tts")
+_BACKENDS = ("vad", "asr", "agent", "tts", "turn")
+#: ``[turn]`` keys that belong to the policy, not to the detector backend.
+_TURN_POLICY_KEYS = frozenset(f.name for f in dataclasses.fields(TurnPolicyConfig))
 #: Tables owned by other modules; validated there.
 _OTHER_TABLES = ("ota", "auth", "devices", "metrics", "store", "recording", "models")
 
@@ -156,6 +178,22 @@ def _backend(name: str, table: Any, default: BackendConfig) -> BackendConfig:
     return BackendConfig(backend, options)
 
 
+def _turn_policy(table: dict[str, Any]) -> TurnPolicyConfig:
+    policy = _section("turn", TurnPolicyConfig, table)
+    if not 0 < policy.pause_ms <= policy.max_silence_ms:
+        raise ConfigError(
+            f"[turn] needs 0 < pause_ms <= max_silence_ms, not {policy.pause_ms:g} and {policy.max_silence_ms:g}"
+        )
+    if policy.recheck_ms <= 0:
+        raise ConfigError(f"[turn] recheck_ms must be above 0, not {policy.recheck_ms:g}")
+    if not 0 < policy.threshold < 1:
+        raise ConfigError(f"[turn] threshold must be between 0 and 1, not {policy.threshold:g}")
+    unknown_modes = sorted(set(policy.modes) - {"auto", "realtime", "manual"})
+    if unknown_modes:
+        raise ConfigError(f"[turn] modes: unknown listen mode(s) {', '.join(unknown_modes)}; modes are auto, realtime, manual")
+    return policy
+
+
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Build a ``Config`` from parsed TOML, with a ``ConfigError`` naming any wrong key."""
     defaults = Config()
@@ -164,6 +202,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     for name, table in data.items():
         if name in _SECTIONS:
             kwargs[name] = _section(name, _SECTIONS[name], table)
+        elif name == "turn" and isinstance(table, dict):
+            policy = {k: v for k, v in table.items() if k in _TURN_POLICY_KEYS}
+            kwargs["turn_policy"] = _turn_policy(policy)
+            rest = {k: v for k, v in table.items() if k not in _TURN_POLICY_KEYS}
+            kwargs[name] = _backend(name, rest, defaults.turn)
         elif name in _BACKENDS:
             kwargs[name] = _backend(name, table, getattr(defaults, name))
         elif name in _OTHER_TABLES:

@@ -81,7 +81,7 @@ class EventLog:
 
 def fake_config(data_dir: Path, **session: Any) -> Config:
     """A config that selects the fake backends."""
-    base = parse_config({name: {"backend": "fake"} for name in ("vad", "asr", "agent", "tts")})
+    base = parse_config({**{name: {"backend": "fake"} for name in ("vad", "asr", "agent", "tts")}, "turn": {"backend": "off"}})
     return dataclasses.replace(
         base,
         server=dataclasses.replace(base.server, data_dir=str(data_dir)),

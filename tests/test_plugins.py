@@ -119,7 +119,7 @@ def test_example_config_is_valid_and_shows_the_defaults():
     path = DOCS.parents[1] / "config.example.toml"
     example = parse_config(tomllib.loads(path.read_text()))
     defaults = Config()
-    for section in ("server", "session", "audio", "workers"):
+    for section in ("server", "session", "audio", "workers", "turn_policy"):
         assert getattr(example, section) == getattr(defaults, section), f"[{section}] in config.example.toml drifted"
-    for kind in ("vad", "asr", "agent", "tts"):
+    for kind in ("vad", "asr", "agent", "tts", "turn"):
         assert example.backend(kind).backend == defaults.backend(kind).backend

@@ -13,6 +13,10 @@ from ..ops.services import OpsConfig
 from . import add_config_argument, config_path
 
 
+#: What the server does in place of an optional backend it cannot use.
+FALLBACKS = {"turn": "turns end after the VAD's silence window, [vad] min_silence_ms"}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("check", help="validate the config and load every backend")
     add_config_argument(parser)
@@ -29,7 +33,22 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"backends: {e}", file=sys.stderr)
         return 1
+    broken = False
     for kind in KINDS:
-        print(f"{kind}: {config.backend(kind).backend}: loaded ({type(getattr(app, kind)).__name__})")
+        name = config.backend(kind).backend
+        backend = getattr(app, kind)
+        if backend is not None:
+            print(f"{kind}: {name}: loaded ({type(backend).__name__})")
+        elif kind in app.unavailable:
+            problem = app.unavailable[kind]
+            broken = broken or problem.broken
+            label = "ERROR" if problem.broken else "not available"
+            print(f"{kind}: {name}: {label}: {problem}", file=sys.stderr if problem.broken else sys.stdout)
+            print(f"{kind}: the server will run without it ({FALLBACKS.get(kind, 'disabled')})")
+        else:
+            print(f"{kind}: off ({FALLBACKS.get(kind, 'disabled')})")
+    if broken:
+        print("a backend's files are damaged: fix or reinstall them (see above)", file=sys.stderr)
+        return 1
     print("all backends loaded")
     return 0

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import ConfigError
 from ..config import Config, load_config
 from . import add_config_argument, config_path
+
+if TYPE_CHECKING:
+    from xiaozhi_trio.plugins.speech.models.catalog import ModelsSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         add_config_argument(action)
 
 
-def _settings(args: argparse.Namespace) -> tuple[Config, Path, tuple[str, ...]]:
+def _settings(args: argparse.Namespace) -> tuple[Config, Path, ModelsSettings]:
     from xiaozhi_trio.plugins.speech.models.catalog import (
         models_dir_for,
         models_settings,
@@ -46,7 +50,7 @@ def _settings(args: argparse.Namespace) -> tuple[Config, Path, tuple[str, ...]]:
 
     config = load_config(config_path(args))
     settings = models_settings(config.extra.get("models", {}))
-    return config, models_dir_for(config.server.data_path, settings), settings.mirrors
+    return config, models_dir_for(config.server.data_path, settings), settings
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -77,14 +81,15 @@ def run_install(args: argparse.Namespace) -> int:
         install_model,
     )
 
-    _, models_dir, mirrors = _settings(args)
+    _, models_dir, settings = _settings(args)
     try:
         files = install_model(
             args.name,
             models_dir,
-            mirrors=mirrors,
+            mirrors=settings.mirrors,
             progress=ProgressBar(),
             force=args.force,
+            index_url=settings.index_url,
         )
     except InstallError as e:
         print(f"xiaozhi-trio: {e}", file=sys.stderr)

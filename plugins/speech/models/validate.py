@@ -217,6 +217,16 @@ def _load_and_run(files: ModelFiles) -> None:
         audio = tts.generate(text, generation)
         if audio.sample_rate <= 0 or len(audio.samples) == 0:
             raise ModelInvalid("the voice loads but made no audio for a test word")
+    elif files.family == "smart_turn":
+        from xiaozhi_trio.pipeline.backends import BackendUnavailable
+
+        from ..turn import load_session
+
+        _step("run", "model", f["model"])
+        try:
+            load_session(files.files["model"])  # loads the file and runs it once on silence
+        except BackendUnavailable as e:
+            raise ModelInvalid(str(e)) from None
     elif files.family == "silero":
         config = sherpa_onnx.VadModelConfig(
             silero_vad=sherpa_onnx.SileroVadModelConfig(model=f["model"]),
