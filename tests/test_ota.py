@@ -188,9 +188,38 @@ async def test_newer_firmware_is_offered_and_downloadable(tmp_path) -> None:
         latest = device(client, base, version="2.0.10")
         await latest.check_version()
         assert "firmware" not in latest.last_reply
-        other = device(client, base, mac="a4:cf:00:00:00:01", board_name="other-board")
+        other = device(client, base, mac="a4:cf:00:00:00:01", board_type="other-board")
         await other.check_version()
         assert "firmware" not in other.last_reply
+
+
+async def test_board_and_version_come_from_the_body_before_the_user_agent(tmp_path) -> None:
+    async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
+        # The firmware: its User-Agent names the board by BOARD_NAME; the body has the type too.
+        dev = device(client, base, board_name="My Bread Board", board_type="bread-compact-wifi", version="2.4.2")
+        await dev.check_version()
+        record = await services.registry.get(MAC)
+        assert (record.board, record.board_type, record.firmware_version) == ("bread-compact-wifi", "bread-compact-wifi", "2.4.2")
+
+        # A browser test page: a browser's User-Agent, the board in the body.
+        browser = {"Device-Id": "a4:cf:00:00:00:02", "Client-Id": "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5",
+                   "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36",
+                   "Content-Type": "application/json"}
+        body = {"application": {"name": "xiaozhi-web-test", "version": "1.0.0"}, "board": {"type": "web-test", "name": "Web"}}
+        assert (await client.post(f"{base}/xiaozhi/ota/", headers=browser, json=body)).status_code == 200
+        record = await services.registry.get("a4:cf:00:00:00:02")
+        assert (record.board, record.board_type, record.firmware_version) == ("web-test", "web-test", "1.0.0")
+
+        # A browser with an empty body: nothing is made up from "Mozilla/5.0 (X11; ...".
+        assert (await client.post(f"{base}/xiaozhi/ota/", headers={**browser, "Device-Id": "a4:cf:00:00:00:03"})).status_code == 200
+        record = await services.registry.get("a4:cf:00:00:00:03")
+        assert (record.board, record.firmware_version) == ("", "")
+
+        # An old client that sends only the User-Agent still gets its board and version recorded.
+        agent_only = {**browser, "Device-Id": "a4:cf:00:00:00:04", "User-Agent": "esp-box-3/1.9.0"}
+        assert (await client.post(f"{base}/xiaozhi/ota/", headers=agent_only)).status_code == 200
+        record = await services.registry.get("a4:cf:00:00:00:04")
+        assert (record.board, record.firmware_version) == ("esp-box-3", "1.9.0")
 
 
 async def test_unbound_devices_are_not_offered_firmware(tmp_path) -> None:

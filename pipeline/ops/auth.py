@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..backends import ConfigError
-from ..store.devices import Device, DeviceRegistry, normalise_device_id
+from ..protocol.identity import normalise_device_id
+from ..store.devices import Device, DeviceRegistry
 from .settings import require
 
 if TYPE_CHECKING:

@@ -170,12 +170,9 @@ class _Connection:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         size = response.file_size if response.file is not None else len(response.body)
-        headers = [
-            (b"content-type", response.content_type.encode()),
-            (b"content-length", str(size).encode()),
-            (b"server", _SERVER),
-            *((k.encode(), v.encode()) for k, v in response.headers),
-        ]
+        headers = [(b"server", _SERVER), *((k.encode(), v.encode()) for k, v in response.headers)]
+        if response.status != 204:  # a 204 carries neither a body nor its framing headers
+            headers[:0] = [(b"content-type", response.content_type.encode()), (b"content-length", str(size).encode())]
         if response.status >= 400 and self.conn.their_state is not h11.DONE:
             # The request was not (fully) read: the connection cannot carry another one.
             headers.append((b"connection", b"close"))

@@ -8,6 +8,10 @@ Routes::
     GET/HEAD /healthz                               {"ok", "sessions", "version"}
     GET/HEAD /metrics                               Prometheus text format 0.0.4
 
+``OPTIONS`` on the OTA, activation and health routes answers CORS preflights, and their answers carry
+``Access-Control-Allow-Origin`` for allowed origins (``[ota] cors_origins``), so browser clients can
+check in; see ``cors.py``.
+
 Runs in the same trio process as the WebSocket server: ``nursery.start(serve_http, services, host, port)``.
 """
 
@@ -23,6 +27,7 @@ import trio
 from .. import __version__
 from ..store.sqlite import DatabaseError
 from .activation import handle_activate
+from .cors import CorsPolicy
 from .h11server import (
     HttpLimits,
     Request,
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 
 Endpoint = Callable[[OpsServices, Request], Awaitable[Response]]
 _READ = ("GET", "HEAD")
+#: Routes browsers may call from another origin: the public device endpoints only.
+_CORS_ROUTES = frozenset({"ota", "activate", "healthz"})
 
 
 async def _healthz(services: OpsServices, request: Request) -> Response:
@@ -96,12 +103,18 @@ async def handle_request(services: OpsServices, request: Request) -> Response:
         name, response = "not_found", error_response(404, f"no such path: {request.raw_path[:200]}")
     else:
         name, endpoints = found
+        cors = CorsPolicy(services.ops.ota.cors_origins) if name in _CORS_ROUTES else None
         endpoint = endpoints.get(request.method)
-        if endpoint is None:
-            allowed = ", ".join(sorted(endpoints))
-            response = error_response(405, f"{request.method} is not allowed here; use {allowed}", (("allow", allowed),))
+        if cors is not None and cors.enabled and request.method == "OPTIONS":
+            response = cors.preflight(request, endpoints)
         else:
-            response = await endpoint(services, request)
+            if endpoint is None:
+                allowed = ", ".join(sorted(endpoints))
+                response = error_response(405, f"{request.method} is not allowed here; use {allowed}", (("allow", allowed),))
+            else:
+                response = await endpoint(services, request)
+            if cors is not None:
+                response = cors.decorate(request, response)
     services.metrics.http_request(name, response.status, time.perf_counter() - started)
     return response
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..store.devices import CheckIn, Device, normalise_device_id
+from ..protocol.identity import normalise_device_id
+from ..store.devices import CheckIn, Device
 from .h11server import Request, Response, error_response, json_response
 from .settings import require
 
@@ -68,6 +69,9 @@ class OtaConfig:
     keepalive_timeout: float = 30.0
     #: HTTP connections open at once.
     max_connections: int = 256
+    #: Origins whose web pages may call the OTA, activation and health endpoints (CORS); ``*``: any
+    #: (these are public device endpoints); empty: none.
+    cors_origins: tuple[str, ...] = ("*",)
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, f"[ota] port must be 0-65535, not {self.port}")
@@ -82,6 +86,9 @@ class OtaConfig:
         require(1024 <= self.max_header_bytes <= 1024 * 1024, "[ota] max_header_bytes must be between 1024 and 1048576")
         require(self.request_timeout > 0 and self.keepalive_timeout > 0, "[ota] request_timeout and keepalive_timeout must be positive")
         require(self.max_connections >= 1, "[ota] max_connections must be at least 1")
+        for origin in self.cors_origins:
+            require(origin == "*" or re.match(r"^https?://[^/\s]+/?$", origin) is not None,
+                    f"[ota] cors_origins holds \"*\" or origins like \"http://192.168.1.5:8080\", not {origin!r}")
 
 
 class BadRequest(ValueError):
@@ -131,23 +138,37 @@ def _text(data: Any, *keys: str) -> str:
     return data.strip()[:128] if isinstance(data, str) else ""
 
 
+def firmware_user_agent(user_agent: str) -> tuple[str, str]:
+    """(board, firmware version) from the firmware's ``User-Agent: <board>/<version>``.
+
+    Browsers' ``Mozilla/5.0 (...)`` and anything else without that shape give ("", "").
+    """
+    board, slash, version = user_agent.strip().partition("/")
+    board, version = board.strip(), version.strip()
+    if not slash or not board or not version or board.lower() == "mozilla" or " " in board or " " in version:
+        return "", ""
+    return board[:128], version[:64]
+
+
 def read_check_in(request: Request) -> CheckIn:
-    """What the device says about itself (headers first, then the JSON body)."""
+    """What the device says about itself: the JSON body's ``board.type`` and
+    ``application.version`` first (the firmware sends both), then the ``User-Agent``."""
     device_id, client_id = read_identity(request)
     body = read_json_object(request)
-    agent_board, _, agent_version = request.header("user-agent").partition("/")
+    agent_board, agent_version = firmware_user_agent(request.header("user-agent"))
     version_text = request.header("activation-version", "1").strip() or "1"
     if not version_text.isdigit():
         raise BadRequest(f"the Activation-Version header must be a number, not {version_text!r}")
     serial = request.header("serial-number").strip()
     if len(serial) > 64:
         raise BadRequest("the Serial-Number header is too long")
+    board_type = _text(body, "board", "type")
     return CheckIn(
         device_id=device_id,
         client_id=client_id,
-        board=(agent_board.strip() if agent_version else "") or _text(body, "board", "name") or _text(body, "board", "type"),
-        board_type=_text(body, "board", "type"),
-        firmware_version=agent_version.strip()[:64] or _text(body, "application", "version"),
+        board=board_type or _text(body, "board", "name") or agent_board,
+        board_type=board_type,
+        firmware_version=_text(body, "application", "version")[:64] or agent_version,
         serial_number=serial,
         activation_version=int(version_text[:3]),
         language=request.header("accept-language").strip()[:32] or _text(body, "language"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from ..audio.framing import SUPPORTED_VERSIONS
+from .identity import normalise_device_id
 
 
 class HandshakeError(ValueError):
@@ -42,7 +43,7 @@ def parse_handshake(target: str, headers: Iterable[tuple[bytes | str, bytes | st
     """Read a handshake from the request target (path + query) and headers.
 
     A device without a ``Device-Id`` still gets a session (browser test pages often have none):
-    it is named by its client id, or ``anonymous``.
+    it is named by its client id, or ``anonymous``. The id is normalized (``normalise_device_id``).
     """
     split = urlsplit(target)
     if _normalise_path(split.path) != _normalise_path(expected_path):
@@ -64,6 +65,7 @@ def parse_handshake(target: str, headers: Iterable[tuple[bytes | str, bytes | st
         supported = ", ".join(map(str, SUPPORTED_VERSIONS))
         raise HandshakeError(f"unsupported Protocol-Version {version}; this server speaks {supported}")
     client_id = values.get("client-id", "").strip()
-    device_id = values.get("device-id", "").strip() or client_id or "anonymous"
+    # Normalized here, once: everything behind the handshake keys on this spelling.
+    device_id = normalise_device_id(values.get("device-id", "") or client_id or "anonymous")
     authorization = values.get("authorization") or None
     return Handshake(device_id, client_id, version, authorization, split.path, version_given)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..ops.settings import require
+from ..protocol.identity import normalise_device_id
 from .sqlite import Database, open_database
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,6 @@ _COLUMNS = (
     " address, first_seen, last_seen, bound, bound_at, revoked_at, token_generation, claim_client_id,"
     " activation_code, activation_challenge, activation_expires, claim_approved, claim_proven"
 )
-
-
-def normalise_device_id(device_id: str) -> str:
-    """Device ids compare case-insensitively (MAC addresses arrive in either case)."""
-    return device_id.strip().lower()
 
 
 def _device(row: sqlite3.Row) -> Device:
