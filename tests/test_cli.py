@@ -105,3 +105,16 @@ async def test_talk_checks_in_gets_bound_and_talks(tmp_path, capsys):
     assert rate == 24000 and len(audio) > 0.5 * rate
     ops.close()
     await app.aclose()
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-v", "-v", "-v"], "DEBUG")])
+def test_verbosity_flags_set_the_log_level(flags, level, capsys):
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        assert main([*flags, "devices", "list"]) == 0
+        assert logging.getLevelName(root.level) == level
+    finally:
+        root.setLevel(before)

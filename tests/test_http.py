@@ -154,6 +154,17 @@ async def test_oversized_heads_get_431_and_garbage_gets_400(tmp_path) -> None:
             await assert_still_serving(client, base)
 
 
+async def test_chunk_data_without_its_crlf_is_refused_not_smuggled(tmp_path) -> None:
+    """CVE-2025-43859: h11 before 0.16 took any two bytes after chunk data for its CRLF, so a proxy
+    and this server could disagree on where a request ends."""
+    async with running_ops(tmp_path) as (_services, base):
+        smuggled = (b"POST /xiaozhi/ota/ HTTP/1.1\r\nHost: x\r\nDevice-Id: " + MAC.encode() + b"\r\n"
+                    b"Client-Id: c\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2\r\n{}XX0\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = await raw_exchange(port_of(base), smuggled)
+        assert status_of(raw) == 400 and raw.count(b"HTTP/1.1 ") == 1
+
+
 async def test_wrong_methods_get_405_with_allow_and_unknown_paths_404(tmp_path) -> None:
     async with running_ops(tmp_path) as (services, base), httpx.AsyncClient() as client:
         for method, path, allow in [("PUT", "/xiaozhi/ota/", "GET, HEAD, POST"), ("DELETE", "/xiaozhi/ota", "GET, HEAD, POST"),

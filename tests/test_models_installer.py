@@ -513,3 +513,15 @@ def test_progress_bar_without_a_terminal_prints_a_line_per_tenth() -> None:
         and lines[-1].startswith("x.tar.bz2: [")
         and "100%" in lines[-1]
     )
+
+
+def test_declared_python_has_the_tar_extraction_filter_the_installer_uses() -> None:
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    required = SpecifierSet(metadata("xiaozhi-trio")["Requires-Python"])
+    # tarfile's filter="data" came in 3.11.4; an interpreter pip accepts must have it.
+    assert Version("3.11.3") not in required and Version("3.11.4") in required
+    assert hasattr(tarfile, "data_filter")

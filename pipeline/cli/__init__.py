@@ -30,7 +30,7 @@ COMMANDS = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xiaozhi-trio", description="A voice server for Xiaozhi devices.")
     parser.add_argument("--version", action="version", version=f"xiaozhi-trio {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug (default: warnings and errors only)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
@@ -53,9 +53,17 @@ def config_path(args: argparse.Namespace) -> Path | None:
     return default if default.exists() else None
 
 
+def log_level(verbosity: int) -> int:
+    """The log level for ``-v`` given ``verbosity`` times: WARNING, ``-v`` INFO, ``-vv`` DEBUG."""
+    if verbosity <= 0:
+        return logging.WARNING
+    return logging.INFO if verbosity == 1 else logging.DEBUG
+
+
 def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity <= 1 else logging.DEBUG)
+    level = log_level(verbosity)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # also when something configured the root before us
 
 
 def main(argv: list[str] | None = None) -> int:

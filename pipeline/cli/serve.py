@@ -26,8 +26,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.verbose == 0:
-        logging.getLogger().setLevel(logging.INFO)
     config = load_config(config_path(args))
     ops = build_ops_services(config)  # checks [ota], [auth], [devices], [metrics]; opens the device registry
     configure_logging(logging.getLogger().level, ops.ops.metrics.log_format)

@@ -258,7 +258,8 @@ async def handle_ota(services: OpsServices, request: Request) -> Response:
     services.metrics.ota_check_ins.inc(state=state)
     extra = {"device": check_in.device_id, "board": check_in.board or "?", "firmware": check_in.firmware_version or "?"}
     if "activation" in reply:
-        log.info("device %s must be activated: run `xiaozhi-trio devices bind %s`", check_in.device_id,
+        # A warning: the owner must act, and it shows without -v.
+        log.warning("device %s must be activated: run `xiaozhi-trio devices bind %s`", check_in.device_id,
                  reply["activation"]["code"], extra=extra)
     else:
         log.info("device %s checked in", check_in.device_id, extra=extra)
