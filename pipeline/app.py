@@ -38,6 +38,8 @@ class LiveSessions:
 
     by_device: dict[str, trio.CancelScope] = field(default_factory=dict)
     count: int = 0
+    #: Set when the server shuts down: no new sessions; open ones close as their replies end.
+    draining: trio.Event = field(default_factory=trio.Event)
 
     def replace(self, device_id: str, scope: trio.CancelScope) -> bool:
         """Make ``scope`` the device's session, cancelling any older one. True if one was replaced."""

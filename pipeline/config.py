@@ -45,6 +45,8 @@ class ServerConfig:
     max_sessions: int = 1000
     #: Largest text or binary message accepted from a device, in bytes.
     max_message_bytes: int = 64 * 1024
+    #: Seconds replies in flight may take to finish when the server is stopped (SIGTERM, Ctrl-C).
+    shutdown_grace: float = 10.0
 
     @property
     def data_path(self) -> Path:

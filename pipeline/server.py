@@ -40,6 +40,9 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
         log.warning("rejected device %s from %s: %s", handshake.device_id, request.remote, reason)
         await request.reject(401, body=reason.encode())
         return
+    if app.sessions.draining.is_set():
+        await request.reject(503, body=b"server shutting down")
+        return
     if app.sessions.count >= app.config.server.max_sessions:
         log.warning("rejected device %s: %d sessions is the configured maximum", handshake.device_id, app.sessions.count)
         await request.reject(503, body=b"server full")
@@ -49,6 +52,8 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
     scope = trio.CancelScope()
     if app.sessions.replace(handshake.device_id, scope):
         log.info("device %s reconnected; its old session is closed", handshake.device_id)
+    if app.sessions.draining.is_set():
+        scope.cancel()  # the shutdown began while this handshake completed
     app.sessions.count += 1
     reason = "replaced by a newer connection of the same device"
     try:
@@ -60,29 +65,40 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
     finally:
         app.sessions.count -= 1
         app.sessions.remove(handshake.device_id, scope)
+        code = 1000
+        if scope.cancelled_caught and app.sessions.draining.is_set():
+            code, reason = 1001, "server shutting down"  # 1001: going away
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             try:
-                await ws.aclose(1000, reason[:120])
+                await ws.aclose(code, reason[:120])
             except ConnectionClosed:
                 pass
 
 
 async def serve_devices(app: App, host: str | None = None, port: int | None = None, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve devices until cancelled; ``task_status.started(port)`` with the bound port."""
+    """Serve devices until cancelled, or until ``app.sessions.draining`` is set: then stop
+    listening and return once every session has ended. ``task_status.started(port)`` with the
+    bound port."""
     server_config = app.config.server
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            partial(
-                serve_websocket,
-                partial(handle_request, app),
-                host if host is not None else server_config.host,
-                port if port is not None else server_config.port,
-                None,
-                max_message_size=server_config.max_message_bytes,
-                connect_timeout=HANDSHAKE_TIMEOUT,
-                disconnect_timeout=HANDSHAKE_TIMEOUT,
+    # Sessions live in their own nursery so that closing the listener leaves them running.
+    async with trio.open_nursery() as sessions:
+        async with trio.open_nursery() as listening:
+            server = await listening.start(
+                partial(
+                    serve_websocket,
+                    partial(handle_request, app),
+                    host if host is not None else server_config.host,
+                    port if port is not None else server_config.port,
+                    None,
+                    handler_nursery=sessions,
+                    max_message_size=server_config.max_message_bytes,
+                    connect_timeout=HANDSHAKE_TIMEOUT,
+                    disconnect_timeout=HANDSHAKE_TIMEOUT,
+                )
             )
-        )
-        bound = server.port
-        log.info("devices connect to ws://%s:%d%s", host or server_config.host, bound, server_config.path)
-        task_status.started(bound)
+            bound = server.port
+            log.info("devices connect to ws://%s:%d%s", host or server_config.host, bound, server_config.path)
+            task_status.started(bound)
+            await app.sessions.draining.wait()
+            listening.cancel_scope.cancel()
+        log.info("no longer accepting devices; %d session(s) closing", app.sessions.count)

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from trio_websocket import wrap_client_stream, wrap_server_stream
+from trio_websocket import ConnectionRejected, wrap_client_stream, wrap_server_stream
 
 from xiaozhi_trio.pipeline.app import App
 from xiaozhi_trio.pipeline.client import DeviceClient
@@ -154,3 +154,14 @@ async def open_device(
                 await served.wait()
             nursery.cancel_scope.cancel()
         assert served.is_set(), "the session's tasks did not end after the device went away"
+
+
+async def rejection_status(app: App, **kwargs: Any) -> int | None:
+    """The HTTP status a handshake of ``open_device(app, **kwargs)`` is rejected with; None if accepted."""
+    status = None
+    try:
+        async with open_device(app, **kwargs):
+            pass
+    except* ConnectionRejected as group:
+        status = group.exceptions[0].status_code  # type: ignore[attr-defined]
+    return status

@@ -9,12 +9,12 @@ import struct
 import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed, ConnectionRejected
+from trio_websocket import ConnectionClosed
 
 from xiaozhi_trio.pipeline.events import SessionClosed, SessionError, TurnEnded
 
 from .fakes.backends import speech
-from .harness import StallingStream, make_app, open_device
+from .harness import StallingStream, make_app, open_device, rejection_status
 
 
 async def _still_answers(device, phrase: str = "are you there") -> None:
@@ -107,27 +107,17 @@ async def test_framing_header_that_disagrees_with_the_payload(tmp_path, autojump
     assert "bad_frame" in _kinds(events)
 
 
-async def _rejection_status(app, **kwargs) -> int | None:
-    status = None
-    try:
-        async with open_device(app, **kwargs):
-            pass
-    except* ConnectionRejected as group:
-        status = group.exceptions[0].status_code  # type: ignore[attr-defined]
-    return status
-
-
 @pytest.mark.parametrize("version", ["7", "two", "0"])
 async def test_unknown_protocol_version_is_rejected_at_the_handshake(tmp_path, autojump_clock, version):
     app, _, _ = make_app(tmp_path)
     headers = [(b"Protocol-Version", version.encode()), (b"Device-Id", b"aa")]
-    assert await _rejection_status(app, headers=headers) == 400
+    assert await rejection_status(app, headers=headers) == 400
     assert app.sessions.count == 0
 
 
 async def test_wrong_path_is_404(tmp_path, autojump_clock):
     app, _, _ = make_app(tmp_path)
-    assert await _rejection_status(app, path="/somewhere/else") == 404
+    assert await rejection_status(app, path="/somewhere/else") == 404
 
 
 async def test_oversize_message_closes_only_that_connection(tmp_path, autojump_clock):

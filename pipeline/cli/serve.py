@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from functools import partial
 
 import trio
 
 from ..app import App
 from ..config import load_config
-from ..ops.http import OpsServices, build_ops_services, serve_http
+from ..ops.http import build_ops_services
 from ..ops.logcontext import configure_logging
-from ..server import serve_devices
+from ..shutdown import serve_until_stopped
 from . import add_config_argument, config_path
 
 log = logging.getLogger(__name__)
@@ -31,17 +33,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(logging.getLogger().level, ops.ops.metrics.log_format)
     app = App.build(config)  # loads every model and checks agent credentials before listening
     ops.attach(app)
-    trio.run(_serve, app, ops, args.host, args.port)
-    return 0
 
+    def ready(websocket_port: int, http_port: int) -> None:
+        host = args.host or app.config.server.host or "0.0.0.0"
+        print(f"xiaozhi-trio: listening: devices ws://{host}:{websocket_port}{app.config.server.path}"
+              f" , OTA http://{host}:{http_port}/xiaozhi/ota/ (Ctrl-C stops; -v logs more)", file=sys.stderr, flush=True)
 
-async def _serve(app: App, ops: OpsServices, host: str | None, port: int | None) -> None:
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_devices, app, host, port)
-            http_host = ops.ops.ota.host or (host if host is not None else app.config.server.host)
-            await nursery.start(serve_http, ops, http_host, ops.ops.ota.port)
-    finally:
-        with trio.CancelScope(shield=True):
-            await app.aclose()
-        ops.close()
+    # SIGINT/SIGTERM stop it gracefully (see pipeline/shutdown.py); 0 unless a second signal came.
+    return trio.run(partial(serve_until_stopped, app, ops, args.host, args.port, on_ready=ready))

@@ -40,10 +40,20 @@ def pitch_for(phrase: str) -> float:
     return pitch
 
 
+def register_phrase(phrase: str, pitch: float) -> None:
+    """Hear ``phrase`` at ``pitch`` Hz (for a recognizer in another process, which must agree on it)."""
+    _phrases[pitch] = phrase
+
+
+def tone(pitch: float, seconds: float = 1.0) -> Samples:
+    """16 kHz of a sine at ``pitch`` Hz: what the fake recognizer hears as that pitch's phrase."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+
+
 def speech(phrase: str, seconds: float = 1.0) -> Samples:
     """16 kHz audio that the fake recognizer transcribes as ``phrase``."""
-    t = np.arange(int(seconds * RATE)) / RATE
-    return (0.3 * np.sin(2 * np.pi * pitch_for(phrase) * t)).astype(np.float32)
+    return tone(pitch_for(phrase), seconds)
 
 
 def hear(samples: Samples) -> str:
