@@ -46,7 +46,7 @@ class ServerConfig:
     #: Largest text or binary message accepted from a device, in bytes.
     max_message_bytes: int = 64 * 1024
     #: Seconds replies in flight may take to finish when the server is stopped (SIGTERM, Ctrl-C).
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = 8.0
 
     @property
     def data_path(self) -> Path:
