@@ -88,18 +88,25 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
+def exposition(metrics: Metrics) -> str:
+    """What a plain scrape gets: the text format 0.0.4."""
+    body, content_type = metrics.render()
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    return body.decode()
+
+
 def test_synthetic_session_moves_every_number() -> None:
     metrics = Metrics()
     session = talk()
     for event in session[:1]:
         metrics.xiaozhi_session_event(event)
-    s = samples(metrics.render())
+    s = samples(exposition(metrics))
     assert s[("xiaozhi_sessions_connected", ())] == 1
     assert s[("xiaozhi_sessions_total", (("protocol_version", "1"),))] == 1
     for event in session[1:]:
         metrics.xiaozhi_session_event(event)
     metrics.xiaozhi_session_event(closed())
-    s = samples(metrics.render())
+    s = samples(exposition(metrics))
     assert s[("xiaozhi_sessions_connected", ())] == 0
     assert s[("xiaozhi_sessions_closed_total", (("reason", "device gone"),))] == 1
     assert s[("xiaozhi_turns_total", (("outcome", "completed"),))] == 1
@@ -157,11 +164,36 @@ def test_label_values_are_escaped_and_series_are_capped() -> None:
     metrics.errors.inc(kind='odd "kind"\nwith \\ newline')
     for i in range(MAX_SERIES + 50):
         metrics.sessions_closed.inc(reason=f"reason {i}")
-    s = samples(metrics.render())
+    s = samples(exposition(metrics))
     assert s[("xiaozhi_session_errors_total", (("kind", 'odd "kind"\nwith \\ newline'),))] == 1
     reasons = [labels for (name, labels) in s if name == "xiaozhi_sessions_closed_total"]
     assert len(reasons) == MAX_SERIES + 1
     assert s[("xiaozhi_sessions_closed_total", (("reason", "other"),))] == 50
+
+
+async def test_process_metrics_and_openmetrics_on_request(tmp_path) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    async with running_ops(tmp_path) as (_services, base), httpx.AsyncClient() as client:
+        plain = samples((await client.get(f"{base}/metrics")).text)
+        assert plain[("process_resident_memory_bytes", ())] > 1_000_000
+        assert plain[("process_open_fds", ())] >= 3 and plain[("process_cpu_seconds_total", ())] > 0
+        assert plain[("process_start_time_seconds", ())] > 1_600_000_000
+        # What Prometheus asks for first.
+        accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1"
+        scraped = await client.get(f"{base}/metrics", headers={"Accept": accept})
+        assert scraped.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+        families = {f.name: f for f in parse_openmetrics(scraped.text)}
+        assert families["xiaozhi_http_requests"].type == "counter"
+        assert families["xiaozhi_turn_response_seconds"].type == "histogram"
+        assert families["xiaozhi_build_info"].samples[0].value == 1
+
+
+def test_each_server_counts_on_its_own() -> None:
+    first, second = Metrics(), Metrics()
+    first.errors.inc(kind="tts")
+    assert first.errors.get(kind="tts") == 1 and second.errors.get(kind="tts") == 0
+    assert samples(exposition(second)).get(("xiaozhi_session_errors_total", (("kind", "tts"),))) is None
 
 
 def test_metrics_config() -> None:
@@ -313,12 +345,12 @@ async def test_metrics_and_session_ids_move_as_a_real_session_talks(tmp_path, au
     caplog.set_level(logging.INFO)
     fakes.agent.answers["what time is it"] = "It is three o'clock. Time for tea!"
     async with open_device(app) as device:
-        assert samples(ops.metrics.render())[("xiaozhi_sessions_connected", ())] == 1
+        assert samples(exposition(ops.metrics))[("xiaozhi_sessions_connected", ())] == 1
         assert ops.sessions == 1
         await device.listen_start("auto")
         await device.speak(speech("what time is it"))
         await device.receive_reply()
-    s = samples(ops.metrics.render())
+    s = samples(exposition(ops.metrics))
     assert s[("xiaozhi_sessions_connected", ())] == 0
     assert s[("xiaozhi_turns_total", (("outcome", "completed"),))] == 1
     for stage in (TRANSCRIPT, FIRST_TEXT, FIRST_SENTENCE, FIRST_AUDIO):

@@ -6,7 +6,7 @@ Routes::
     POST     /xiaozhi/ota/activate                  202 until the owner binds the code, then 200
     GET/HEAD /xiaozhi/ota/firmware/<board>/<file>   firmware images from the firmware folder
     GET/HEAD /healthz                               {"ok", "sessions", "version"}
-    GET/HEAD /metrics                               Prometheus text format 0.0.4
+    GET/HEAD /metrics                               Prometheus text 0.0.4, or OpenMetrics if accepted
 
 ``OPTIONS`` on the OTA, activation and health routes answers CORS preflights, and their answers carry
 ``Access-Control-Allow-Origin`` for allowed origins (``[ota] cors_origins``), so browser clients can
@@ -36,7 +36,6 @@ from .h11server import (
     json_response,
     serve,
 )
-from .metrics import CONTENT_TYPE
 from .ota import handle_ota, handle_ota_hint
 from .services import OpsConfig, OpsServices, build_ops_services
 
@@ -60,7 +59,8 @@ async def _healthz(services: OpsServices, request: Request) -> Response:
 
 
 async def _metrics(services: OpsServices, request: Request) -> Response:
-    return Response(200, services.metrics.render().encode(), CONTENT_TYPE)
+    body, content_type = services.metrics.render(request.header("accept"))
+    return Response(200, body, content_type)
 
 
 async def _firmware(services: OpsServices, request: Request) -> Response:

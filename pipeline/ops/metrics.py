@@ -1,9 +1,15 @@
-"""Prometheus metrics, fed by the session-event hook and the HTTP server, rendered as text 0.0.4.
+"""Prometheus metrics, fed by the session-event hook and the HTTP server, served with ``prometheus-client``.
 
-A small implementation rather than ``prometheus-client``: the server needs counters, gauges and
-histograms with labels, rendered on request, and nothing else; this keeps the runtime free of another
-dependency and of a process-global registry (tests and several servers in one process each get their
-own ``Metrics``). The test-suite checks the output with ``prometheus-client``'s own parser.
+Each ``Metrics`` has its own ``CollectorRegistry`` (never the library's process-global one), so tests
+and several servers in one process keep separate numbers; the registry also holds prometheus-client's
+process collector (resident memory, CPU seconds, open file descriptors, start time). ``render`` uses
+the library's exposition code and negotiates the format from the scrape's ``Accept`` header: the
+Prometheus text format 0.0.4 by default, OpenMetrics when asked.
+
+``Counter``, ``Gauge`` and ``Histogram`` here are thin wrappers that keep one rule the library does
+not have: at most ``MAX_SERIES`` label sets per metric, beyond which new ones are counted under
+``other``, so a misbehaving client (odd error kinds, many close reasons) cannot grow memory without
+bound.
 
 ``Metrics`` is a plugin object: the app registers it with the plugin manager and it observes
 ``xiaozhi_session_event`` like any third-party exporter would.
@@ -11,12 +17,13 @@ own ``Metrics``). The test-suite checks the output with ``prometheus-client``'s 
 
 from __future__ import annotations
 
-import abc
-import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..events import (
@@ -36,8 +43,7 @@ if TYPE_CHECKING:
 #: Seconds; from quick local stages (tens of ms) to slow cloud agents.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-#: Distinct label sets per metric; beyond that new ones are counted under ``other`` so that a
-#: misbehaving client (odd error kinds, many close reasons) cannot grow memory without bound.
+#: Distinct label sets per metric; beyond that new ones are counted under ``other``.
 MAX_SERIES = 200
 LOG_FORMATS = ("logfmt", "json", "text")
 
@@ -56,138 +62,91 @@ class MetricsConfig:
         require(self.log_format in LOG_FORMATS, f"[metrics] log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
 
 
-def format_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+F = TypeVar("F", bound="_Family")
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Family:
+    """One metric, its label names, and the label sets seen (for the cap)."""
 
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Family(abc.ABC):
-    kind = "untyped"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, metric: Any, name: str, labelnames: Sequence[str]) -> None:
+        self.metric = metric
         self.name = name
-        self.help = help
         self.labelnames = tuple(labelnames)
+        self._series: set[tuple[str, ...]] = set()
 
-    def _key(self, series: dict, labels: dict[str, str]) -> tuple[str, ...]:
+    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
         if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, not {tuple(labels)}")
         key = tuple(str(labels[n]) for n in self.labelnames)
-        if key not in series and len(series) >= MAX_SERIES:
-            key = tuple("other" for _ in self.labelnames)
+        if key not in self._series:
+            if len(self._series) >= MAX_SERIES:
+                key = tuple("other" for _ in self.labelnames)
+            self._series.add(key)
         return key
 
-    def header(self) -> list[str]:
-        help_text = self.help.replace("\\", "\\\\").replace("\n", "\\n")
-        return [f"# HELP {self.name} {help_text}", f"# TYPE {self.name} {self.kind}"]
+    def _child(self, labels: dict[str, str]) -> Any:
+        return self.metric.labels(*self._key(labels)) if self.labelnames else self.metric
 
-    @abc.abstractmethod
-    def lines(self) -> list[str]:
-        """The family's sample lines."""
+    def _sample(self, suffix: str, labels: dict[str, str]) -> float:
+        """The current value of sample ``<name><suffix>`` with ``labels`` (0 if never set)."""
+        wanted = {n: str(labels[n]) for n in self.labelnames}
+        for family in self.metric.collect():
+            for sample in family.samples:
+                if sample.name == self.name + suffix and sample.labels == wanted:
+                    return float(sample.value)
+        return 0.0
 
 
 class Counter(_Family):
-    kind = "counter"
-
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self.values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0.0}
+        super().__init__(prometheus_client.Counter(name, help, labelnames, registry=None), name, labelnames)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         if amount < 0:
             raise ValueError("a counter only goes up")
-        key = self._key(self.values, labels)
-        self.values[key] = self.values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)
 
     def get(self, **labels: str) -> float:
-        return self.values.get(tuple(labels[n] for n in self.labelnames), 0.0)
-
-    def lines(self) -> list[str]:
-        # Counters are exposed with the _total suffix; the family name is declared without it.
-        return [f"{self.name}_total{_labels(self.labelnames, k)} {format_value(v)}" for k, v in sorted(self.values.items())]
+        return self._sample("_total", labels)
 
 
 class Gauge(_Family):
-    kind = "gauge"
-
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self.values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0.0}
+        super().__init__(prometheus_client.Gauge(name, help, labelnames, registry=None), name, labelnames)
 
     def set(self, value: float, **labels: str) -> None:
-        self.values[self._key(self.values, labels)] = value
+        self._child(labels).set(value)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(self.values, labels)
-        self.values[key] = self.values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)
 
     def get(self, **labels: str) -> float:
-        return self.values.get(tuple(labels[n] for n in self.labelnames), 0.0)
-
-    def lines(self) -> list[str]:
-        return [f"{self.name}{_labels(self.labelnames, k)} {format_value(v)}" for k, v in sorted(self.values.items())]
+        return self._sample("", labels)
 
 
 class Histogram(_Family):
-    kind = "histogram"
-
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
-        super().__init__(name, help, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        #: label values → (count per bucket, non-cumulative, with +Inf last; sum)
-        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        metric = prometheus_client.Histogram(name, help, labelnames, registry=None, buckets=tuple(sorted(buckets)))
+        super().__init__(metric, name, labelnames)
 
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(self.series, labels)
-        counts, total = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-        index = next((i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets))
-        counts[index] += 1
-        total[0] += value
+        self._child(labels).observe(value)
 
     def count(self, **labels: str) -> int:
-        entry = self.series.get(tuple(labels[n] for n in self.labelnames))
-        return sum(entry[0]) if entry else 0
-
-    def lines(self) -> list[str]:
-        out = []
-        for key, (counts, total) in sorted(self.series.items()):
-            running = 0
-            for bound, n in zip((*self.buckets, math.inf), counts):
-                running += n
-                le = f'le="{format_value(bound)}"'
-                out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {running}")
-            out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {format_value(total[0])}")
-            out.append(f"{self.name}_count{_labels(self.labelnames, key)} {running}")
-        return out
+        return int(self._sample("_count", labels))
 
 
 class Metrics:
     """The server's metrics. Register the instance with the plugin manager to feed it session events."""
 
     def __init__(self) -> None:
-        self._families: list[_Family] = []
+        #: This server's registry; ``ProcessCollector`` adds process memory, CPU, open files, start time.
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
         self._timer = TurnTimer()
         add = self._add
         self.build_info = add(Gauge("xiaozhi_build_info", "The running xiaozhi-trio version.", ["version"]))
         self.build_info.set(1, version=__version__)
-        self.start_time = add(Gauge("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds."))
-        self.start_time.set(time.time())
         self.sessions_connected = add(Gauge("xiaozhi_sessions_connected", "Device sessions open now."))
         self.sessions = add(Counter("xiaozhi_sessions", "Device sessions opened, by binary protocol version.", ["protocol_version"]))
         self.sessions_closed = add(Counter("xiaozhi_sessions_closed", "Device sessions closed, by reason.", ["reason"]))
@@ -206,8 +165,8 @@ class Metrics:
         self.activations = add(Counter("xiaozhi_activations", "Activation requests, by result.", ["result"]))
         self.auth_decisions = add(Counter("xiaozhi_auth_decisions", "WebSocket handshake auth decisions, by result.", ["result"]))
 
-    def _add(self, family: _Family) -> _Family:
-        self._families.append(family)
+    def _add(self, family: F) -> F:
+        self.registry.register(family.metric)
         return family
 
     # ---- session events --------------------------------------------------------------------
@@ -254,14 +213,8 @@ class Metrics:
         """Sessions open now, as the events tell."""
         return int(self.sessions_connected.get())
 
-    def render(self) -> str:
-        """All metrics in the Prometheus text exposition format 0.0.4."""
-        lines: list[str] = []
-        for family in self._families:
-            lines.extend(family.header())
-            lines.extend(family.lines())
-        return "\n".join(lines) + "\n"
-
-
-#: The Content-Type of ``render()``'s output.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, Content-Type): every metric, in the format the scrape's ``Accept`` header asks
+        for (OpenMetrics, or the Prometheus text format 0.0.4 by default)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
