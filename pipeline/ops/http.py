@@ -6,6 +6,7 @@ Routes::
     POST     /xiaozhi/ota/activate                  202 until the owner binds the code, then 200
     GET/HEAD /xiaozhi/ota/firmware/<board>/<file>   firmware images from the firmware folder
     GET/HEAD /healthz                               {"ok", "sessions", "version"}
+    GET/HEAD /talk                                  the talk page, a browser client (talk_page.py)
     GET/HEAD /metrics                               Prometheus text 0.0.4, or OpenMetrics if accepted
 
 ``OPTIONS`` on the OTA, activation and health routes answers CORS preflights, and their answers carry
@@ -37,6 +38,7 @@ from .h11server import (
     serve,
 )
 from .ota import handle_ota, handle_ota_hint
+from .talk_page import handle_talk, is_talk_path
 from .services import OpsConfig, OpsServices, build_ops_services
 
 __all__ = ["OpsConfig", "OpsServices", "build_ops_services", "handle_request", "limits_for", "serve_http"]
@@ -90,6 +92,8 @@ def _route(path: str) -> tuple[str, dict[str, Endpoint]] | None:
         return "healthz", {m: _healthz for m in _READ}
     if trimmed == "/metrics":
         return "metrics", {m: _metrics for m in _READ}
+    if is_talk_path(path):
+        return "talk", {m: handle_talk for m in _READ}
     return None
 
 
