@@ -125,7 +125,7 @@ async def serve(
         task_status.started((websocket_port, http_port))
         await app.sessions.draining.wait()
         http_scope.cancel()
-        await drain_sessions(app, tracker, app.config.server.shutdown_grace)
+        await drain_sessions(app, tracker, max(0.0, app.config.server.shutdown_grace))
     # serve_devices has returned: its listener is closed and every session has ended.
 
 
