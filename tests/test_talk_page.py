@@ -181,7 +181,8 @@ async def test_a_spoken_question_in_chromium_gets_a_transcript_a_tool_call_and_r
     print(f"talk page screenshot: {screenshot}")
 
     assert state["errors"] == [], (state["errors"], state["console"])
-    assert state["sentPackets"] > 20  # seconds of 60 ms Opus packets from the microphone
+    assert state["sentPackets"] > 20  # seconds of Opus packets from the microphone...
+    assert state["uplinkFrameMs"] == 60  # ...each 60 ms, as the hello announced
     (transcript,) = state["transcripts"]
     assert word_error_rate(QUESTION, transcript) <= 0.3, transcript
     (call,) = state["toolCalls"]

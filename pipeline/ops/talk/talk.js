@@ -23,6 +23,7 @@ const talk = {
   speaking: false,
   listenMode: null, // "auto" | "manual" while the microphone is open
   sentPackets: 0,
+  uplinkFrameMs: 0,
   replyPackets: 0,
   strayPackets: 0,
   replySeconds: 0,
@@ -398,6 +399,7 @@ async function startMic(mode) {
     output: (chunk) => {
       const packet = new Uint8Array(chunk.byteLength);
       chunk.copyTo(packet);
+      talk.uplinkFrameMs = chunk.duration / 1000; // what the encoder made: the hello promised 60
       if (ws && ws.readyState === WebSocket.OPEN) {
         ws.send(packet);
         talk.sentPackets += 1;
