@@ -179,7 +179,13 @@ function connect() {
     setStatus("No WebSocket URL yet: do the OTA check-in first (or type it).", true);
     return;
   }
-  const url = new URL(base);
+  let url;
+  try {
+    url = new URL(base);
+  } catch (error) {
+    setStatus(`"${base}" is not a WebSocket URL (ws://HOST:8000/xiaozhi/v1/).`, true);
+    return;
+  }
   url.searchParams.set("device-id", field("device-id"));
   url.searchParams.set("client-id", field("client-id"));
   url.searchParams.set("protocol-version", "1");
