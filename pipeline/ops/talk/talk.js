@@ -451,7 +451,7 @@ async function toggleAuto() {
     await stopMic();
     send({ type: "listen", state: "stop" });
     button.classList.remove("active");
-    button.textContent = "🎙 Start talking";
+    button.textContent = "● Start talking";
     $("listen-state").textContent = "idle";
     return;
   }
