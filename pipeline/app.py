@@ -22,9 +22,8 @@ from .backends import (
     VoiceActivityDetector,
 )
 from .config import Config
-from .protocol.mcp import McpClient
-from .protocol.tools import SessionTools
 from .registry import Plugins
+from .session.context import SessionServices
 from .store.conversations import open_conversation_store
 from .store.recordings import Recorder, recording_config
 from .workers import CpuWorkers
@@ -121,10 +120,19 @@ class App:
             unavailable=unavailable, **backends,
         )
 
-    def make_tools(self, session: Any) -> tuple[McpClient | None, SessionTools]:
-        """The session's MCP client to the device (if it speaks MCP) and its tool box."""
-        mcp = McpClient(session.send_mcp) if session.hello.supports_mcp else None
-        return mcp, SessionTools(mcp, self.plugins.tools)
+    def session_services(self) -> SessionServices:
+        """What every device session runs on (the same for all of them)."""
+        return SessionServices(
+            config=self.config,
+            vad=self.vad,
+            asr=self.asr,
+            agent=self.agent,
+            tts=self.tts,
+            workers=self.workers,
+            server_tools=self.plugins.tools,
+            observe=self.plugins.emit,
+            recorder=self.recorder,
+        )
 
     async def aclose(self) -> None:
         """Release what backends and stores hold (HTTP clients, database files)."""

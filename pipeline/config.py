@@ -65,8 +65,14 @@ class SessionConfig:
     apology_text: str = "Sorry, something went wrong. Please try again."
     #: Send something harmless after this many quiet seconds, well inside the device's 120 s timer.
     keepalive_interval: float = 45.0
-    #: Listen modes in which new speech interrupts the reply ("realtime" needs the device's AEC).
+    #: Listen modes in which new speech interrupts the reply ("realtime" needs the device's AEC);
+    #: push-to-talk ("manual") never barges in.
     barge_in_modes: tuple[str, ...] = ("realtime",)
+    #: ``listen detect`` texts that are the device's wake word (compared ignoring case, spaces and
+    #: punctuation); any other text is a message the user typed, answered like speech.
+    wake_words: tuple[str, ...] = ("你好小智", "你好小志", "小智小智", "hi xiaozhi", "hey xiaozhi", "hi esp", "hey esp", "hi lexin", "嗨乐鑫", "alexa")
+    #: Spoken when the device hears its wake word; empty: a wake word only interrupts a reply.
+    wake_word_greeting: str = "I'm listening."
     #: Seconds a blocked downlink write may take before the device is treated as gone.
     send_timeout: float = 10.0
     #: The reply's first segment may end at a comma once this long (CJK characters; an English

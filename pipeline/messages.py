@@ -93,11 +93,13 @@ class SpeechEnded:
 VadEvent = SpeechStarted | SpeechEnded
 
 
-@dataclass(frozen=True, slots=True)
-class PartialTranscript:
-    """What a streaming recognizer has heard so far; may still change."""
+@dataclass(frozen=True, slots=True, eq=False)
+class UtteranceStarted:
+    """An utterance began while the device listened in ``mode`` (from the VAD's speech start, or
+    the first audio after a push-to-talk ``listen start``). ``audio`` is the speech so far."""
 
-    text: str
+    audio: PcmChunk
+    mode: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,13 @@ class WakeWordDetected:
 
 
 @dataclass(frozen=True, slots=True)
+class TypedText:
+    """``listen detect`` whose text is not a wake word: a message the user typed."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Abort:
     """``abort``: stop speaking now."""
 
@@ -229,6 +238,6 @@ class McpMessage:
     payload: dict[str, object]
 
 
-DeviceControl = ListenStart | ListenStop | WakeWordDetected | Abort | McpMessage
+DeviceControl = ListenStart | ListenStop | WakeWordDetected | TypedText | Abort | McpMessage
 #: The controls that travel in order with the uplink audio, through decode, VAD and ASR.
 UplinkControl = ListenStart | ListenStop | WakeWordDetected

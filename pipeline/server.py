@@ -48,7 +48,7 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
         await request.reject(503, body=b"server full")
         return
     ws = await request.accept()
-    session = DeviceSession(app, ws, handshake)
+    session = DeviceSession(app.session_services(), ws, handshake)
     scope = trio.CancelScope()
     if app.sessions.replace(handshake.device_id, scope):
         log.info("device %s reconnected; its old session is closed", handshake.device_id)

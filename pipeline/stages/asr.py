@@ -1,4 +1,4 @@
-"""Stage: utterances → transcripts. Controls and speech-start notices pass through in order."""
+"""Stage: utterances → transcripts. Controls and utterance-start notices pass through in order."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ import trio
 
 from ..backends import BackendError, RecognitionStream, SpeechRecognizer
 from ..messages import (
-    PartialTranscript,
     RecognitionFailed,
     SpeechAudio,
     SpeechEnded,
-    SpeechStarted,
     Transcript,
     UplinkControl,
+    UtteranceStarted,
 )
 from .listen import UtteranceOutput
 
 log = logging.getLogger(__name__)
 
-RecognizerOutput = SpeechStarted | PartialTranscript | Transcript | RecognitionFailed | UplinkControl
+RecognizerOutput = UtteranceStarted | Transcript | RecognitionFailed | UplinkControl
 
 
 async def recognize(
@@ -33,21 +32,21 @@ async def recognize(
     """Feed each utterance to a recognition stream; hand on the final text when it ends.
 
     Streaming recognizers decode while the user speaks, so the text is ready as speech ends;
-    offline ones decode the whole utterance in ``finish``.
+    offline ones decode the whole utterance in ``finish``. Partial text is not passed on: nothing
+    acts on it yet.
     """
     stream: RecognitionStream | None = None
     with receive, send:
         async for item in receive:
             try:
                 match item:
-                    case SpeechStarted(audio=audio):
+                    case UtteranceStarted(audio=audio):
                         await send.send(item)  # the controller may barge in on it
                         stream = recognizer.open_stream()
-                        if partial := await stream.accept(audio):
-                            await send.send(PartialTranscript(partial))
+                        await stream.accept(audio)
                     case SpeechAudio(audio=audio):
-                        if stream is not None and (partial := await stream.accept(audio)):
-                            await send.send(PartialTranscript(partial))
+                        if stream is not None:
+                            await stream.accept(audio)
                     case SpeechEnded(audio=audio):
                         ended_at = trio.current_time()
                         on_speech_end(item)

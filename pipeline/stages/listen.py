@@ -24,23 +24,29 @@ from ..messages import (
     SpeechEnded,
     SpeechStarted,
     UplinkControl,
+    UtteranceStarted,
     WakeWordDetected,
 )
 
-UtteranceOutput = SpeechStarted | SpeechAudio | SpeechEnded | UplinkControl
+UtteranceOutput = UtteranceStarted | SpeechAudio | SpeechEnded | UplinkControl
 
 #: An utterance longer than this is ended by force, so memory stays bounded.
 MAX_UTTERANCE_SECONDS = 60.0
 
 
 class UtteranceDetector:
-    """Turns uplink PCM and listen controls into speech started / audio / ended, in order."""
+    """Turns uplink PCM and listen controls into utterance started / audio / ended, in order.
+
+    It is the one owner of the listen state (it sees the controls in order with the audio); each
+    ``UtteranceStarted`` carries the mode it was heard in, for the controller's barge-in rule.
+    """
 
     def __init__(self, open_vad: Callable[[], VadStream], sample_rate: int = 16000) -> None:
         self._open_vad = open_vad
         self._vad: VadStream | None = None  # opened on first use: idle sessions hold no VAD state
         self.sample_rate = sample_rate
-        self.mode: str | None = None  # None: not listening
+        #: The listen mode (auto, manual, realtime); None: not listening.
+        self.mode: str | None = None
         #: The utterance in progress (None: no speech now).
         self._utterance: list[PcmChunk] | None = None
         self._utterance_samples = 0
@@ -61,10 +67,11 @@ class UtteranceDetector:
         self._utterance = None
         self._utterance_samples = 0
 
-    def _start(self, audio: PcmChunk) -> SpeechStarted:
+    def _start(self, audio: PcmChunk) -> UtteranceStarted:
+        assert self.mode is not None
         self._utterance = [audio]
         self._utterance_samples = len(audio.samples)
-        return SpeechStarted(audio)
+        return UtteranceStarted(audio, self.mode)
 
     def _end(self) -> SpeechEnded:
         ended = SpeechEnded(PcmChunk.join(self._utterance or [], self.sample_rate))

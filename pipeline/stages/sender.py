@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import trio
 
 from ..messages import EncodedOutput, Emotion, OpusPacket, SentenceEnd, SentenceStart
 from ..protocol import device_messages as dm
-from ..session.outbox import Outbox
+from ..protocol.outbox import Outbox
 from .pacing import Pacer
 
 
-@dataclass
-class ReplyProgress:
-    """What one turn has sent so far (read by the session after the turn ends)."""
+class Sent(enum.Enum):
+    """What ``send_reply`` reports after each write that counts for the turn's summary."""
 
-    tts_started: bool = False
-    sentences: int = 0
-    packets: int = 0
-    first_audio_at: float | None = None
+    TTS_START = "tts start"
+    SENTENCE_START = "sentence start"
+    AUDIO_PACKET = "audio packet"
 
 
 async def send_reply(
@@ -28,31 +26,29 @@ async def send_reply(
     outbox: Outbox,
     pacer: Pacer,
     session_id: str,
-    progress: ReplyProgress,
-    on_first_audio: Callable[[], None],
+    on_sent: Callable[[Sent], None],
 ) -> None:
     """Send ``tts start`` before the first item, then sentence marks, emotions and paced audio.
 
     ``tts stop`` is the session's job: it must follow the last packet even when the turn is
     cancelled half-way.
     """
+    tts_started = False
     with receive:
         async for item in receive:
-            if not progress.tts_started and not isinstance(item, Emotion):
+            if not tts_started and not isinstance(item, Emotion):
                 await outbox.send_json(dm.tts(session_id, "start"))
-                progress.tts_started = True
+                tts_started = True
+                on_sent(Sent.TTS_START)
             match item:
                 case OpusPacket():
                     await trio.sleep(pacer.delay(trio.current_time()))
                     await outbox.send_audio(item)
                     pacer.sent(trio.current_time())
-                    progress.packets += 1
-                    if progress.first_audio_at is None:
-                        progress.first_audio_at = trio.current_time()
-                        on_first_audio()
+                    on_sent(Sent.AUDIO_PACKET)
                 case SentenceStart(text=text):
-                    progress.sentences += 1
                     await outbox.send_json(dm.tts(session_id, "sentence_start", text))
+                    on_sent(Sent.SENTENCE_START)
                 case SentenceEnd(text=text):
                     await outbox.send_json(dm.tts(session_id, "sentence_end", text))
                 case Emotion(name=name, emoji=emoji):
