@@ -111,6 +111,11 @@ class DeviceClient:
     async def wake_word(self, text: str) -> None:
         await self.send_json({"type": "listen", "state": "detect", "text": text})
 
+    async def send_text(self, text: str) -> None:
+        """A typed message, as browser and desktop clients send it (``listen detect`` with text
+        that is not a wake word)."""
+        await self.send_json({"type": "listen", "state": "detect", "text": text})
+
     async def abort(self, reason: str = "") -> None:
         await self.send_json({"type": "abort", **({"reason": reason} if reason else {})})
 
