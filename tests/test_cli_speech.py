@@ -124,8 +124,8 @@ def test_read_audio_mixes_to_mono_at_the_file_rate(tmp_path: Path) -> None:
 
 
 async def test_transcribe_cuts_utterances_with_the_vad(tmp_path: Path) -> None:
-    asr_module = pytest.importorskip("xiaozhi_trio.plugins.speech.asr")
     from xiaozhi_trio.pipeline.backends import BackendContext
+    from xiaozhi_trio.plugins.speech import asr as asr_module
 
     plugins = Plugins()
     context = BackendContext(data_dir=tmp_path, workers=CpuWorkers(2))
@@ -143,8 +143,7 @@ async def test_transcribe_cuts_utterances_with_the_vad(tmp_path: Path) -> None:
 def test_say_then_transcribe_through_the_command_line(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if "sherpa-onnx" not in Plugins().backends.names("asr"):
-        pytest.skip("the sherpa-onnx ASR plugin is not registered in this install")
+    assert "sherpa-onnx" in Plugins().backends.names("asr"), "the built-in speech plugin must be registered"
     first, second = tmp_path / "a.wav", tmp_path / "b.wav"
     assert (
         main(
