@@ -25,7 +25,7 @@ from xiaozhi_trio.pipeline.session.controller import (
     ReportTurnEnded,
     SendStt,
     SendTtsStop,
-    SpeechStarted,
+    UserSpeechStarted,
     StartTurn,
     Tick,
     TurnFinished,
@@ -180,7 +180,7 @@ class ControllerMachine(RuleBasedStateMachine):
         assert self.mode is not None
         live, cancelled = self._before()
         self.last_activity = self.now
-        actions = self.feed(SpeechStarted(self.mode, self.now))
+        actions = self.feed(UserSpeechStarted(self.mode, self.now))
         barges_in = self.mode != "manual" and self.mode in self.settings.barge_in.modes  # type: ignore[attr-defined]
         if self.mode == "manual":
             assert actions == [], "push-to-talk never barges in"
@@ -354,7 +354,7 @@ def test_idle_goodbye_then_the_end():
 
 def test_speech_postpones_the_idle_deadline():
     controller = Controller(ControllerSettings(idle_timeout=60), now=0)
-    controller.handle(SpeechStarted("auto", 50))
+    controller.handle(UserSpeechStarted("auto", 50))
     assert controller.idle_deadline == 110
     assert controller.handle(Tick(100)) == []
 
@@ -374,7 +374,7 @@ def test_typed_text_is_shown_and_answered():
 def test_barge_in_by_mode(mode, interrupts):
     controller = Controller(ControllerSettings(barge_in=BargeInOnSpeechStart(("realtime", "manual"))), now=0)
     controller.handle(TypedText("tell me a story"))
-    actions = controller.handle(SpeechStarted(mode, 1.0))
+    actions = controller.handle(UserSpeechStarted(mode, 1.0))
     assert actions == ([CancelTurn(1, "barge-in")] if interrupts else [])
 
 
@@ -389,3 +389,19 @@ def test_a_turn_is_either_an_answer_or_a_fixed_reply():
         StartTurn(1)
     with pytest.raises(ValueError, match="exactly one"):
         StartTurn(1, user_text="a", fixed_reply="b")
+
+
+class BackchannelsKeepTheReply(BargeInOnSpeechStart):
+    """A policy that hears "uh-huh" as a backchannel (what a turn detector would decide)."""
+
+    def replaces_reply(self, transcript: Transcript) -> bool:
+        return transcript.text != "uh-huh"
+
+
+def test_a_backchannel_policy_keeps_the_reply_and_loses_no_turn():
+    controller = Controller(ControllerSettings(barge_in=BackchannelsKeepTheReply(modes=())), now=0)
+    controller.handle(TypedText("tell me a story"))
+    assert controller.handle(UserSpeechStarted("realtime", 1.0)) == []
+    assert controller.handle(Transcript("uh-huh", 1.5)) == []
+    assert controller.live_turn == 1
+    assert controller.handle(Transcript("stop please", 3.0)) == [SendStt("stop please"), CancelTurn(1, "replaced by a new turn")]

@@ -4,7 +4,7 @@ No trio, no sockets, no clock of its own. The session shell feeds ``Controller.h
 at a time (what the device said, what the recognizer heard, that a turn finished, what time it is)
 and executes the actions it returns, in order::
 
-    inputs:  ListenStart  ListenStop  WakeWordDetected  Abort  TypedText  SpeechStarted
+    inputs:  ListenStart  ListenStop  WakeWordDetected  Abort  TypedText  UserSpeechStarted
              Transcript  RecognitionFailed  TurnFinished  Tick  DeviceGone
     actions: SendStt  StartTurn  CancelTurn  SendTtsStop  ReportTurnEnded  EndSession
 
@@ -15,7 +15,7 @@ request pending until that turn's ``TurnFinished`` arrives; only then come its r
 action, and everything a turn sent is out before anything of the next one.
 
 The listen mode is not kept here: the utterance detector owns it (it is the one place that sees it
-in order with the audio), and every ``SpeechStarted`` says in which mode it was heard.
+in order with the audio), and every ``UserSpeechStarted`` says in which mode it was heard.
 
 Whether the user's speech interrupts a reply is one policy object, ``BargeIn``: replace it to
 decide on more than the start of speech (voiced seconds, words heard so far, backchannels).
@@ -38,7 +38,7 @@ from ..messages import Abort, ListenStart, ListenStop, PcmChunk, RecognitionFail
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechStarted:
+class UserSpeechStarted:
     """The user started speaking, heard while listening in ``mode``, at trio time ``at``."""
 
     mode: str
@@ -93,7 +93,7 @@ ControllerInput = (
     | ListenStop
     | WakeWordDetected
     | Abort
-    | SpeechStarted
+    | UserSpeechStarted
     | Transcript
     | RecognitionFailed
     | TypedText
@@ -165,22 +165,36 @@ Action = SendStt | StartTurn | CancelTurn | SendTtsStop | ReportTurnEnded | EndS
 
 
 class BargeIn(Protocol):
-    """Decides whether the user's speech interrupts a live reply."""
+    """Decides whether the user's speech interrupts a live reply.
 
-    def interrupts(self, speech: SpeechStarted) -> bool:
+    A richer rule (voiced seconds, words so far, backchannels) is a policy of its own: add an
+    input such as ``UserSpeechProgress(mode, voiced_seconds, words)`` to ``ControllerInput`` and a
+    method for it here; the rest of the controller does not change.
+    """
+
+    def interrupts(self, speech: UserSpeechStarted) -> bool:
         """True: cancel the reply now. False: let it play (the transcript may still replace it)."""
+        ...
+
+    def replaces_reply(self, transcript: Transcript) -> bool:
+        """A transcript arrived while a reply plays on (not cancelled). True: answer it, replacing
+        the reply. False: it was a backchannel ("uh-huh"); the reply goes on, nothing is lost."""
         ...
 
 
 @dataclass(frozen=True)
 class BargeInOnSpeechStart:
     """Any speech that starts in one of ``modes`` interrupts; push-to-talk (``manual``) never
-    does, whatever the configuration says: there the button decides."""
+    does, whatever the configuration says: there the button decides. Every transcript is an
+    answerable question."""
 
     modes: tuple[str, ...] = ("realtime",)
 
-    def interrupts(self, speech: SpeechStarted) -> bool:
+    def interrupts(self, speech: UserSpeechStarted) -> bool:
         return speech.mode != "manual" and speech.mode in self.modes
+
+    def replaces_reply(self, transcript: Transcript) -> bool:
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +269,7 @@ class Controller:
                 return actions
             case Abort():
                 return self._interrupt("abort")
-            case SpeechStarted(at=at):
+            case UserSpeechStarted(at=at):
                 self._last_activity = max(self._last_activity, at)
                 if self.live_turn is not None and self.settings.barge_in.interrupts(event):
                     return self._interrupt("barge-in")
@@ -264,6 +278,8 @@ class Controller:
                 self._last_activity = max(self._last_activity, at)
                 if not text or self.closing is not None:
                     return []
+                if self.live_turn is not None and not self._cancel_sent and not self.settings.barge_in.replaces_reply(event):
+                    return []  # a backchannel: the reply goes on
                 return [SendStt(text), *self._request(_Request(user_text=text, utterance=utterance))]
             case RecognitionFailed():
                 return self._request(_Request(fixed_reply=self.settings.apology_text))

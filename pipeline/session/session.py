@@ -47,7 +47,7 @@ from .controller import (
     ReportTurnEnded,
     SendStt,
     SendTtsStop,
-    SpeechStarted,
+    UserSpeechStarted,
     StartTurn,
     Tick,
     TurnFinished,
@@ -218,7 +218,7 @@ class DeviceSession:
         """A pipeline message as the controller's input (reporting what observers want to see)."""
         match item:
             case UtteranceStarted(mode=mode):
-                return SpeechStarted(mode, trio.current_time())
+                return UserSpeechStarted(mode, trio.current_time())
             case Transcript(text=text, speech_ended_at=ended_at):
                 self.ctx.emit(TranscriptReady, text=text, speech_ended_at=ended_at)
             case RecognitionFailed(kind=kind, message=message):
