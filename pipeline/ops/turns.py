@@ -50,7 +50,9 @@ class TurnSummary:
 
 
 @dataclass(slots=True)
-class _Turn:
+class _TurnTimes:
+    """When each stage of one turn ended (trio time), while the turn is open."""
+
     speech_end: float | None
     transcript: float | None
     started: float
@@ -63,7 +65,7 @@ class _Turn:
 class _Session:
     #: The last transcript not yet claimed by a turn: (speech end, transcript time).
     pending: tuple[float, float] | None = None
-    turns: dict[int, _Turn] = field(default_factory=dict)
+    turns: dict[int, _TurnTimes] = field(default_factory=dict)
 
 
 class TurnTimer:
@@ -83,7 +85,7 @@ class TurnTimer:
         session = self._sessions.setdefault(event.session_id, _Session())
         out: list[StageLatency | TurnSummary] = []
 
-        def stage(turn: _Turn, name: str, start: float | None) -> None:
+        def stage(turn: _TurnTimes, name: str, start: float | None) -> None:
             # A missing or later start (a turn begun from text, not speech) measures nothing.
             if start is not None and event.at >= start:
                 turn.stages[name] = event.at - start
@@ -97,7 +99,7 @@ class TurnTimer:
             case TurnStarted():
                 speech_end, transcript = session.pending if session.pending else (None, None)
                 session.pending = None
-                turn = _Turn(speech_end, transcript, event.at)
+                turn = _TurnTimes(speech_end, transcript, event.at)
                 if speech_end is not None and transcript is not None and transcript >= speech_end:
                     turn.stages[TRANSCRIPT] = transcript - speech_end
                 session.turns[event.turn] = turn

@@ -85,7 +85,7 @@ class _ProcessMemory:
 
 
 @dataclass
-class _Turn:
+class _ChatInProgress:
     """What one turn knows about its chat."""
 
     conversation_id: str
@@ -115,7 +115,7 @@ class CozeAgent:
     async def respond(self, request: AgentRequest, send: trio.MemorySendChannel[AgentText]) -> None:
         """Stream the bot's answer to ``request.text`` into ``send`` (see ``Agent``)."""
         state = await self._conversation(request.device_id)
-        turn = _Turn(state["conversation_id"], report_usage=request.report_usage)
+        turn = _ChatInProgress(state["conversation_id"], report_usage=request.report_usage)
         for attempt in (1, 2):
             try:
                 await self._chat(request, state, turn, send)
@@ -134,7 +134,7 @@ class CozeAgent:
                     state = await self._conversation(request.device_id, replace=state["conversation_id"])
                 else:
                     raise
-                turn = _Turn(state["conversation_id"], report_usage=request.report_usage)
+                turn = _ChatInProgress(state["conversation_id"], report_usage=request.report_usage)
 
     # ---- conversations -----------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class CozeAgent:
 
     # ---- one turn ----------------------------------------------------------------------------
 
-    async def _chat(self, request: AgentRequest, state: dict[str, Any], turn: _Turn,
+    async def _chat(self, request: AgentRequest, state: dict[str, Any], turn: _ChatInProgress,
                     send: trio.MemorySendChannel[AgentText]) -> None:
         wait = self.settings.first_token_timeout
         try:
@@ -226,12 +226,12 @@ class CozeAgent:
             if turn.chat_id and not turn.finished:
                 await self._cancel_turn(turn)
 
-    def _check_waited(self, waiting: trio.CancelScope, turn: _Turn, when: str) -> None:
+    def _check_waited(self, waiting: trio.CancelScope, turn: _ChatInProgress, when: str) -> None:
         if waiting.cancelled_caught:
             raise CozeApiError(f"no answer from Coze within {self.settings.first_token_timeout:g} s{when} "
                                f"(logid {turn.logid or 'none'})", kind="timeout", logid=turn.logid)
 
-    async def _read(self, stream: ChatStream, turn: _Turn, send: trio.MemorySendChannel[AgentText],
+    async def _read(self, stream: ChatStream, turn: _ChatInProgress, send: trio.MemorySendChannel[AgentText],
                     waiting: trio.CancelScope) -> RequiresAction | None:
         """Speak the stream's answer; return the tool calls the chat waits for, if any.
 
@@ -281,7 +281,7 @@ class CozeAgent:
                 break
         return action
 
-    async def _cancel_turn(self, turn: _Turn) -> None:
+    async def _cancel_turn(self, turn: _ChatInProgress) -> None:
         """Cancel the turn's chat, whatever is cancelling the turn itself, within ``cancel_timeout``."""
         assert turn.chat_id is not None
         with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.cancel_timeout) as scope:

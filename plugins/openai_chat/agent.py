@@ -52,7 +52,7 @@ _STATUS_KINDS = {
 
 
 @dataclass
-class _Turn:
+class _ReplySoFar:
     """What one turn has said so far (for the history, whatever way the turn ends)."""
 
     said: str = ""
@@ -87,7 +87,7 @@ class OpenAIChatAgent:
         """Stream the answer to ``request`` into ``send`` (see ``Agent``)."""
         history = await self._load_history(request.device_id)
         question = {"role": "user", "content": request.text}
-        turn = _Turn(report_usage=request.report_usage)
+        turn = _ReplySoFar(report_usage=request.report_usage)
         outcome = "interrupted"
         try:
             await self._converse([*history, question], request.tools, send, turn)
@@ -105,7 +105,7 @@ class OpenAIChatAgent:
         messages: list[dict[str, Any]],
         tools: ToolBox | None,
         send: trio.MemorySendChannel[AgentText],
-        turn: _Turn,
+        turn: _ReplySoFar,
     ) -> None:
         if self.options.system_prompt:
             messages = [{"role": "system", "content": self.options.system_prompt}, *messages]
@@ -159,7 +159,7 @@ class OpenAIChatAgent:
         schemas: list[dict[str, Any]],
         may_call: bool,
         send: trio.MemorySendChannel[AgentText],
-        turn: _Turn,
+        turn: _ReplySoFar,
     ) -> tuple[list[ToolCall], str]:
         """One request; speaks its content as it arrives; returns (tool calls, text of this round)."""
         body: dict[str, Any] = {
