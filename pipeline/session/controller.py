@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..config import SessionConfig
 from ..messages import Abort, ListenStart, ListenStop, PcmChunk, RecognitionFailed, Transcript, TypedText, WakeWordDetected
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +205,8 @@ class BargeInOnSpeechStart:
 
 @dataclass(frozen=True)
 class ControllerSettings:
+    """The rules' parameters (``ControllerSettings.from_config``: from ``[session]``)."""
+
     barge_in: BargeIn = BargeInOnSpeechStart()
     #: Seconds without user activity before the goodbye; 0 = never.
     idle_timeout: float = 300.0
@@ -213,6 +216,16 @@ class ControllerSettings:
     apology_text: str = "Sorry, something went wrong."
     #: Spoken on a wake word; empty: a wake word only interrupts.
     wake_word_greeting: str = ""
+
+    @classmethod
+    def from_config(cls, session: SessionConfig) -> ControllerSettings:
+        return cls(
+            barge_in=BargeInOnSpeechStart(session.barge_in_modes),
+            idle_timeout=session.idle_timeout,
+            goodbye_text=session.goodbye_text,
+            apology_text=session.apology_text,
+            wake_word_greeting=session.wake_word_greeting,
+        )
 
 
 @dataclass(frozen=True, slots=True)

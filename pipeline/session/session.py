@@ -12,32 +12,27 @@ actions it returns. The controller decides; the shell only does.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import uuid
-from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed
 
-from ..audio.framing import SUPPORTED_VERSIONS
 from ..events import SessionClosed, SessionError, SessionOpened, SpeechEndDetected, TranscriptReady, TurnEnded, TurnStarted
-from ..messages import DeviceHello, OpusPacket, RecognitionFailed, SpeechEnded, Transcript, UplinkControl, UtteranceStarted
+from ..messages import Abort, DeviceHello, OpusPacket, PcmChunk, RecognitionFailed, SpeechEnded, Transcript, TypedText, UplinkControl, UtteranceStarted
 from ..protocol import device_messages as dm
-from ..protocol.device_messages import ProtocolError
 from ..protocol.handshake import Handshake
 from ..protocol.mcp import McpClient
 from ..protocol.outbox import DeviceNotReading, Outbox
 from ..protocol.tools import SessionTools
-from ..stages.asr import recognize
+from ..stages.asr import RecognizerOutput, recognize
 from ..stages.listen import UtteranceDetector, UtteranceOutput, detect_utterances
 from ..stages.uplink import decode_uplink
 from .bad_input import BadInput
 from .context import SessionContext, SessionServices
 from .controller import (
     Action,
-    BargeInOnSpeechStart,
     CancelTurn,
     Controller,
     ControllerInput,
@@ -47,12 +42,13 @@ from .controller import (
     ReportTurnEnded,
     SendStt,
     SendTtsStop,
-    UserSpeechStarted,
     StartTurn,
     Tick,
     TurnFinished,
+    UserSpeechStarted,
 )
 from .device_tools import initialize_mcp, open_tools
+from .hello import receive_hello, server_hello, settled_framing
 from .keepalive import keep_alive
 from .reader import UPLINK_BUFFER, DeviceReader, WakeWords, WebSocket
 from .recordings import save_recording
@@ -60,24 +56,10 @@ from .turn import TurnResult, first_leaf, run_turn
 
 log = logging.getLogger("xiaozhi_trio.session")
 
-
-@dataclasses.dataclass(frozen=True)
-class TurnDone:
-    """A turn task's report to the control loop."""
-
-    result: TurnResult
-
-
-def controller_settings(services: SessionServices) -> ControllerSettings:
-    """The controller's rules from ``[session]``."""
-    session = services.config.session
-    return ControllerSettings(
-        barge_in=BargeInOnSpeechStart(session.barge_in_modes),
-        idle_timeout=session.idle_timeout,
-        goodbye_text=session.goodbye_text,
-        apology_text=session.apology_text,
-        wake_word_greeting=session.wake_word_greeting,
-    )
+#: What reaches the control loop: the recognizer's output (with the listen controls, in order),
+#: what skips the uplink queue, and each finished turn's result.
+InboxItem = RecognizerOutput | Abort | TypedText | DeviceGone | TurnResult
+Inbox = trio.MemorySendChannel[InboxItem]
 
 
 class DeviceSession:
@@ -107,11 +89,11 @@ class DeviceSession:
         reason = "device disconnected"
         try:
             with trio.move_on_after(self.config.session.hello_timeout) as hello_scope:
-                self.hello = await self._receive_hello()
+                self.hello = await receive_hello(self.ws, self.bad_input)
             if hello_scope.cancelled_caught:
                 log.warning("no hello within %g s; closing", self.config.session.hello_timeout)
                 return "no hello"
-            self._settle_framing(self.hello)
+            self.ctx.outbox.protocol_version = settled_framing(self.handshake, self.hello)
             await self._send_server_hello()
             self.ctx.emit(SessionOpened, client_id=self.handshake.client_id, protocol_version=self.protocol_version)
             log.info("session opened (protocol v%d, uplink %d ms frames)", self.protocol_version, self.hello.audio_params.frame_duration)
@@ -129,37 +111,20 @@ class DeviceSession:
                 log.info("session closed: %s", reason)
         return reason
 
-    async def _receive_hello(self) -> DeviceHello:
-        while True:
-            message = await self.ws.get_message()
-            if isinstance(message, bytes):
-                self.bad_input.warn("audio_before_hello", "binary message before hello ignored")
-                continue
-            try:
-                return dm.parse_hello(message)
-            except ProtocolError as e:
-                self.bad_input.warn("bad_hello", f"waiting for hello: {e}")
-
     @property
     def protocol_version(self) -> int:
         """The binary framing version in use."""
         return self.ctx.outbox.protocol_version
 
-    def _settle_framing(self, hello: DeviceHello) -> None:
-        """A client that sent no ``Protocol-Version`` (a browser) may name it in its hello."""
-        if not self.handshake.version_given and hello.version in SUPPORTED_VERSIONS:
-            self.ctx.outbox.protocol_version = hello.version
-
     async def _send_server_hello(self) -> None:
-        audio = self.config.audio
-        await self.ctx.outbox.send_json(dm.server_hello(self.session_id, audio.downlink_sample_rate, audio.downlink_frame_ms))
+        await self.ctx.outbox.send_json(server_hello(self.session_id, self.config.audio))
 
     async def _serve(self, hello: DeviceHello) -> str:
         services = self.ctx.services
         uplink_send, uplink_receive = trio.open_memory_channel[OpusPacket | UplinkControl](UPLINK_BUFFER)
-        pcm_send, pcm_receive = trio.open_memory_channel[Any](0)
+        pcm_send, pcm_receive = trio.open_memory_channel[PcmChunk | UplinkControl](0)
         utterance_send, utterance_receive = trio.open_memory_channel[UtteranceOutput](0)
-        inbox_send, inbox_receive = trio.open_memory_channel[Any](64)
+        inbox_send, inbox_receive = trio.open_memory_channel[InboxItem](64)
         self._mcp, self._tools = open_tools(self.ctx, hello)
         reader = DeviceReader(
             self.ws,
@@ -185,7 +150,7 @@ class DeviceSession:
             nursery.cancel_scope.cancel()
         return reason
 
-    async def _read(self, reader: DeviceReader, uplink: trio.MemorySendChannel[Any], inbox: trio.MemorySendChannel[Any]) -> None:
+    async def _read(self, reader: DeviceReader, uplink: trio.MemorySendChannel[OpusPacket | UplinkControl], inbox: Inbox) -> None:
         with uplink, inbox:
             await reader.run()
             await inbox.send(DeviceGone())
@@ -197,13 +162,13 @@ class DeviceSession:
     # Feeding the controller, executing its actions
     # ----------------------------------------------------------------------------------------
 
-    async def _control(self, inbox: trio.MemoryReceiveChannel[Any], reports: trio.MemorySendChannel[Any], nursery: trio.Nursery) -> str:
+    async def _control(self, inbox: trio.MemoryReceiveChannel[InboxItem], reports: Inbox, nursery: trio.Nursery) -> str:
         """Feed the controller until it ends the session; return why it ended."""
-        controller = Controller(controller_settings(self.ctx.services), now=trio.current_time())
+        controller = Controller(ControllerSettings.from_config(self.config.session), now=trio.current_time())
         with inbox:
             while True:
                 deadline = controller.idle_deadline
-                item: Any = None
+                item: InboxItem | None = None
                 with trio.move_on_at(math.inf if deadline is None else deadline):
                     item = await inbox.receive()
                 event = Tick(trio.current_time()) if item is None else self._as_input(item)
@@ -211,10 +176,10 @@ class DeviceSession:
                     if isinstance(action, EndSession):
                         return action.reason
                     await self._execute(action, reports, nursery)
-                if isinstance(item, TurnDone) and item.result.device_error is not None:
-                    raise item.result.device_error  # the turn is accounted for; the session ends
+                if isinstance(item, TurnResult) and item.device_error is not None:
+                    raise item.device_error  # the turn is accounted for; the session ends
 
-    def _as_input(self, item: Any) -> ControllerInput:
+    def _as_input(self, item: InboxItem) -> ControllerInput:
         """A pipeline message as the controller's input (reporting what observers want to see)."""
         match item:
             case UtteranceStarted(mode=mode):
@@ -223,12 +188,12 @@ class DeviceSession:
                 self.ctx.emit(TranscriptReady, text=text, speech_ended_at=ended_at)
             case RecognitionFailed(kind=kind, message=message):
                 self.ctx.emit(SessionError, kind=f"asr:{kind}", message=message)
-            case TurnDone(result=result):
-                del self._turn_scopes[result.summary.number]
-                return TurnFinished(result.summary, trio.current_time())
-        return item  # type: ignore[no-any-return]
+            case TurnResult(summary=summary):
+                del self._turn_scopes[summary.number]
+                return TurnFinished(summary, trio.current_time())
+        return item
 
-    async def _execute(self, action: Action, reports: trio.MemorySendChannel[Any], nursery: trio.Nursery) -> None:
+    async def _execute(self, action: Action, reports: Inbox, nursery: trio.Nursery) -> None:
         match action:
             case SendStt(text=text):
                 await self.ctx.outbox.send_json(dm.stt(self.session_id, text))
@@ -246,8 +211,8 @@ class DeviceSession:
                     TurnEnded, turn=summary.number, outcome=summary.outcome, sentences=summary.sentences, audio_seconds=summary.audio_seconds
                 )
 
-    async def _run_turn(self, start: StartTurn, scope: trio.CancelScope, reports: trio.MemorySendChannel[Any]) -> None:
+    async def _run_turn(self, start: StartTurn, scope: trio.CancelScope, reports: Inbox) -> None:
         with reports:
             result = await run_turn(self.ctx, start, scope, tools=self._tools, keep_audio=self.ctx.services.recorder is not None)
-            await reports.send(TurnDone(result))
+            await reports.send(result)
         await save_recording(self.ctx, start, result)
