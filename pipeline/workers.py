@@ -1,7 +1,9 @@
-"""A process-wide pool of CPU time for backend calls (ASR decode, TTS generate, VAD, codecs).
+"""A process-wide pool of CPU time for backend calls (ASR decode, TTS generate, opening a VAD
+stream, Opus encoding of a sentence).
 
 All sessions queue on one ``trio.CapacityLimiter`` (FIFO, so fair) sized to the cores, and the work
-runs in worker threads so the event loop keeps pacing audio for everyone else.
+runs in worker threads so the event loop keeps pacing audio for everyone else. Per-packet work that
+is cheaper than a thread hand-off stays on the event loop: Opus decoding and ``VadStream.feed``.
 """
 
 from __future__ import annotations
