@@ -179,7 +179,7 @@ def _server_main(spec: ServerSpec, conn: Connection) -> None:
     from tests.harness import fake_config
     from xiaozhi_trio.pipeline.app import App
     from xiaozhi_trio.pipeline.registry import Plugins
-    from xiaozhi_trio.plugins import observability
+    from xiaozhi_trio.plugins import observability, sqlite_store
 
     register_phrases(spec.phrases)
     with tempfile.TemporaryDirectory(prefix="xiaozhi-bench-") as data_dir:
@@ -191,7 +191,7 @@ def _server_main(spec: ServerSpec, conn: Connection) -> None:
         )
         recorder = TurnRecorder()
         fakes = FakeBackends(agent=FakeAgent(answers=dict(spec.answers)))
-        app = App.build(config, Plugins(entry_points=False, extra=[fakes, observability, recorder]))
+        app = App.build(config, Plugins(entry_points=False, extra=[sqlite_store, fakes, observability, recorder]))
         app.workers = TimedWorkers(app.workers)  # type: ignore[assignment]
         trio.run(_serve, app, recorder, conn)
 

@@ -47,7 +47,7 @@ async def run(turns: int, first_token: float) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(fake.serve)
             config = fake_config(Path(data))
-            config = dataclasses.replace(config, agent=BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": fake.url}))
+            config = config.with_backend("agent", BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": fake.url}))
             app, fakes, events = make_app(Path(data), config=config, plugins=(coze_plugin,))
             from xiaozhi_trio.pipeline.workers import CpuWorkers
 

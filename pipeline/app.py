@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -24,11 +24,15 @@ from .backends import (
 from .config import Config
 from .registry import Plugins
 from .session.context import SessionServices
-from .store.conversations import open_conversation_store
+from .store.context import StoreContext
 from .store.recordings import Recorder, recording_config
 from .workers import CpuWorkers
 
 log = logging.getLogger(__name__)
+
+#: Checks a handshake (device id, client id, Authorization header) before it is accepted: returns
+#: None to accept, or a reason to reject it with 401.
+Authorizer = Callable[[str, str, str | None], Awaitable[str | None]]
 
 
 @dataclass
@@ -71,8 +75,9 @@ class App:
     sessions: LiveSessions = field(default_factory=LiveSessions)
     #: Per-turn recordings, when ``[recording] enabled``.
     recorder: Recorder | None = None
-    #: Extra services other parts attach (device registry, metrics, auth...).
-    services: dict[str, Any] = field(default_factory=dict)
+    #: Checks each WebSocket handshake (the token, the device's binding); None: everyone may talk.
+    #: ``OpsServices.attach`` sets it when the HTTP side runs.
+    authorize: Authorizer | None = None
 
     @classmethod
     def build(cls, config: Config, plugins: Plugins | None = None, *, context: BackendContext | None = None) -> App:
@@ -84,15 +89,14 @@ class App:
         workers = context.workers if context is not None else CpuWorkers(config.workers.cpu_threads or None)
         if context is None:
             data_dir = config.server.data_path
-            conversations = open_conversation_store(config.extra.get("store", {}), data_dir)
-            models_dir = config.extra.get("models", {}).get("dir") or ""
+            conversations = plugins.open_store("conversations", config.store, StoreContext(data_dir))
             context = BackendContext(
                 data_dir=data_dir,
                 workers=workers,
-                models_dir=Path(str(models_dir)).expanduser() if models_dir else Path(),
+                models_dir=config.models.path(data_dir),
                 conversations=conversations,
             )
-        backends: dict[str, Any] = {}
+        backends: dict[str, object] = {}
         unavailable: dict[str, BackendUnavailable] = {}
         # The agent first: missing credentials should stop the server before models load.
         for kind in sorted(KINDS, key=lambda k: k != "agent"):
@@ -101,15 +105,13 @@ class App:
                 log.info("%s backend: off", kind)
                 continue
             try:
-                backends[kind] = plugins.backends.create(kind, chosen.backend, context, chosen.options)
+                backends[kind] = plugins.create_backend(kind, chosen, context)
             except BackendUnavailable as e:
                 if kind not in OPTIONAL_KINDS:
                     raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
                 unavailable[kind] = e
                 log.warning("[%s] %s is not available, going on without it: %s", kind, chosen.backend, e)
                 continue
-            except ConfigError as e:
-                raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
             log.info("%s backend: %s", kind, chosen.backend)
         recording = recording_config(config.extra.get("recording", {}))
         recorder = None

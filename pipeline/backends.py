@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
@@ -75,10 +76,19 @@ class BackendContext:
 
 
 class VadStream(Protocol):
-    """Per-session voice activity state. Synchronous and cheap: called from a worker thread."""
+    """Per-session voice activity state.
+
+    ``feed`` and ``reset`` are called **on the event loop**, synchronously, once per uplink packet
+    (every 20-60 ms) of every listening session, so their cost is paid by every session at once:
+    keep a call well under a millisecond (Silero takes ~0.1 ms per 32 ms window). A detector that
+    needs more CPU than that cannot hide it here; do its heavy setup in ``open_stream`` instead.
+    """
 
     def feed(self, samples: Samples) -> list[VadEvent]:
-        """Take 16 kHz float32 samples; return speech started / ended events, in order."""
+        """Take 16 kHz float32 samples; return speech started / ended events, in order.
+
+        Runs on the event loop: must not block, do I/O or take long (see the class docstring).
+        """
         ...
 
     def reset(self) -> None:
@@ -90,6 +100,8 @@ class VoiceActivityDetector(Protocol):
     sample_rate: int
 
     def open_stream(self) -> VadStream:
+        """A fresh per-session stream. Called in a worker thread (``CpuWorkers``) when a session
+        first listens, so it may be slow (load or copy a model)."""
         ...
 
 
@@ -221,6 +233,19 @@ class TurnDetector(Protocol):
         ...
 
 
-KINDS = ("vad", "asr", "agent", "tts", "turn")
+#: Every kind of backend a session is built from, with the backend used when the config's table
+#: names none. This is the one list of kinds: the config's backend tables, the registry's check and
+#: ``App.build`` all read it, so a new kind is one line here (plus its protocol above and the
+#: ``App`` field that holds the built backend).
+BACKEND_KINDS: Mapping[str, str] = MappingProxyType({
+    "vad": "silero",
+    "asr": "sherpa-onnx",
+    "agent": "coze",
+    "tts": "sherpa-onnx",
+    "turn": "smart-turn",
+})
+
+#: The kinds' names, in the order above.
+KINDS: tuple[str, ...] = tuple(BACKEND_KINDS)
 #: Kinds the server can run without: a backend of these that is unavailable is logged and skipped.
 OPTIONAL_KINDS = ("turn",)

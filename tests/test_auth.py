@@ -22,7 +22,7 @@ from xiaozhi_trio.pipeline.ops.auth import (
     load_secret,
 )
 from xiaozhi_trio.pipeline.ops.http import build_ops_services, serve_http
-from xiaozhi_trio.pipeline.ops.settings import parse_table
+from xiaozhi_trio.pipeline.tables import parse_table
 from xiaozhi_trio.pipeline.server import serve_devices
 from xiaozhi_trio.pipeline.store.devices import CheckIn
 

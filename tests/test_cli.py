@@ -118,3 +118,26 @@ def test_verbosity_flags_set_the_log_level(flags, level, capsys):
         assert logging.getLevelName(root.level) == level
     finally:
         root.setLevel(before)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('mirror = ["https://m.example/"]', "unknown key(s) in [models]: mirror"),
+        ('mirrors = ["ftp://m.example/"]', "[models] mirrors: 'ftp://m.example/' is not an http(s) URL prefix"),
+        ("mirrors = [true]", "[models] mirrors[0] must be str, not bool True"),
+        ("dir = 3", "[models] dir must be str, not int 3"),
+    ],
+)
+def test_check_serve_and_models_judge_the_models_table_alike(tmp_path, capsys, table, message):
+    """One owner of ``[models]``: a table one command rejects, every command rejects the same way."""
+    (tmp_path / "config.toml").write_text(f"[models]\n{table}\n")
+    for argv in (["check"], ["serve"], ["models", "list"], ["transcribe", str(tmp_path / "none.wav")]):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_models_list_uses_the_configured_folder(tmp_path, capsys):
+    (tmp_path / "config.toml").write_text(f'[models]\ndir = "{tmp_path / "my-models"}"\nmirrors = ["https://m.example/"]\n')
+    assert main(["models", "list"]) == 0
+    assert f"models folder: {tmp_path / 'my-models'}" in capsys.readouterr().out

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from xiaozhi_trio.pipeline.backends import ConfigError
 from xiaozhi_trio.pipeline.store.conversations import (
-    ConversationStore,
     SqliteConversationStore,
-    open_conversation_store,
 )
 from xiaozhi_trio.pipeline.store.sqlite import (
     DATABASE_FILE,
@@ -145,48 +142,6 @@ async def test_a_damaged_row_is_skipped_not_fatal(store: SqliteConversationStore
     await store.database.execute("INSERT INTO agent_state VALUES ('coze', 'd', 'nope', 0)")
     assert await store.load_history("openai", "d", 10) == [{"role": "user", "content": "ok"}]
     assert await store.get_state("coze", "d") is None
-
-
-# ---- open_conversation_store -------------------------------------------------------------------
-
-
-async def test_default_store_is_sqlite_in_the_data_folder(tmp_path: Path) -> None:
-    store = open_conversation_store({}, tmp_path)
-    assert isinstance(store, SqliteConversationStore)
-    assert isinstance(store, ConversationStore)
-    assert store.database.path == tmp_path / DATABASE_FILE
-    await store.aclose()
-
-
-async def test_store_options_are_checked(tmp_path: Path) -> None:
-    store = open_conversation_store({"path": str(tmp_path / "x.db"), "max_history_messages": 3}, tmp_path)
-    assert isinstance(store, SqliteConversationStore) and store.max_history == 3
-    await store.aclose()
-    with pytest.raises(ConfigError, match="unknown key"):
-        open_conversation_store({"max_history": 3}, tmp_path)
-    with pytest.raises(ConfigError, match="positive integer"):
-        open_conversation_store({"max_history_messages": 0}, tmp_path)
-    with pytest.raises(ConfigError, match="module:factory"):
-        open_conversation_store({"backend": "postgres"}, tmp_path)
-    with pytest.raises(ConfigError, match="cannot be loaded"):
-        open_conversation_store({"backend": "no_such_module_xyz:make"}, tmp_path)
-
-
-def make_store_for_test(options: dict, data_dir: Path) -> ConversationStore:
-    """A factory as a deployment would name in ``[store] backend``."""
-    return SqliteConversationStore.open(data_dir / "shared.db", max_history=options["keep"])
-
-
-def not_a_store(options: dict, data_dir: Path) -> object:
-    return object()
-
-
-async def test_external_store_factory_is_loaded_by_name(tmp_path: Path) -> None:
-    store = open_conversation_store({"backend": f"{__name__}:make_store_for_test", "keep": 4}, tmp_path)
-    assert isinstance(store, SqliteConversationStore) and store.max_history == 4
-    await store.aclose()
-    with pytest.raises(ConfigError, match="not a ConversationStore"):
-        open_conversation_store({"backend": f"{__name__}:not_a_store"}, tmp_path)
 
 
 # ---- the shared SQLite helpers -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import trio
 from xiaozhi_trio.pipeline.backends import ConfigError
 from xiaozhi_trio.pipeline.cli import main
-from xiaozhi_trio.pipeline.ops.settings import parse_table
+from xiaozhi_trio.pipeline.tables import parse_table
 from xiaozhi_trio.pipeline.store.devices import CheckIn, DeviceRegistry, DevicesConfig
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE, open_database
 

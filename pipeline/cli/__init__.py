@@ -1,7 +1,8 @@
 """The ``xiaozhi-trio`` command line: one module per command (group).
 
 Each module in ``COMMANDS`` has ``add_parser(subparsers)``, which adds its sub-command(s) and sets
-``func(args) -> int`` on them.
+``func(args) -> int`` on them. Plugins add theirs through the ``xiaozhi_cli_commands`` hook (the
+speech plugin's ``models``, ``transcribe`` and ``say``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..backends import ConfigError
+from ..registry import Plugins
 
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = [
@@ -21,19 +23,19 @@ COMMANDS = [
     "check",
     "plugins",
     "talk",
-    "models",
     "speech",
     "devices",
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xiaozhi-trio", description="A voice server for Xiaozhi devices.")
     parser.add_argument("--version", action="version", version=f"xiaozhi-trio {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug (default: warnings and errors only)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+    (plugins or Plugins()).add_cli_commands(subparsers)
     return parser
 
 

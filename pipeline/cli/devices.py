@@ -91,7 +91,7 @@ async def _list(services: OpsServices, args: argparse.Namespace) -> int:
     for d in devices:
         code = d.activation_code if d.activation_code and d.activation_expires and d.activation_expires > now else ""
         print(f"{d.device_id:<19} {d.state:<22} {d.board or '-':<24} {d.firmware_version or '-':<10} {_when(d.last_seen):<16} {code}")
-    if not services.ops.auth.enabled:
+    if not services.settings.auth.enabled:
         print("note: [auth] enabled = false, so any device may connect whatever its state")
     return 0
 
@@ -102,7 +102,7 @@ async def _bind(services: OpsServices, args: argparse.Namespace) -> int:
         device = await services.registry.bind_code(target)
         if device is None:
             print(f"no device is waiting with code {target} (codes expire after "
-                  f"{services.ops.devices.code_ttl_minutes} minutes; the device shows a new one)", file=sys.stderr)
+                  f"{services.settings.devices.code_ttl_minutes} minutes; the device shows a new one)", file=sys.stderr)
             return 1
     else:
         existing = await services.registry.get(target)
@@ -123,7 +123,7 @@ async def _revoke(services: OpsServices, args: argparse.Namespace) -> int:
         print(f"unknown device {args.device_id}", file=sys.stderr)
         return 1
     print(f"revoked {device.device_id}: its tokens are invalid now; it needs a new activation code to return")
-    if not services.ops.auth.enabled:
+    if not services.settings.auth.enabled:
         print("warning: [auth] enabled = false, so the server does not check tokens and the device can still connect",
               file=sys.stderr)
     return 0

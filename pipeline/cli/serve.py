@@ -13,6 +13,7 @@ from ..app import App
 from ..config import load_config
 from ..ops.http import build_ops_services
 from ..ops.logcontext import configure_logging
+from ..registry import Plugins
 from ..shutdown import serve_until_stopped
 from . import add_config_argument, config_path
 
@@ -29,9 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(config_path(args))
-    ops = build_ops_services(config)  # checks [ota], [auth], [devices], [metrics]; opens the device registry
-    configure_logging(logging.getLogger().level, ops.ops.metrics.log_format)
-    app = App.build(config)  # loads every model and checks agent credentials before listening
+    plugins = Plugins()
+    ops = build_ops_services(config, plugins=plugins)  # checks [ota], [auth], [devices], [metrics]; opens the device store
+    configure_logging(logging.getLogger().level, ops.settings.metrics.log_format)
+    app = App.build(config, plugins)  # loads every model and checks agent credentials before listening
     ops.attach(app)
 
     def ready(websocket_port: int, http_port: int) -> None:

@@ -77,30 +77,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _context(config: Config) -> BackendContext:
-    from xiaozhi_trio.plugins.speech.models.catalog import (
-        models_dir_for,
-        models_settings,
-    )
-
     data_dir = config.server.data_path
-    models_dir = models_dir_for(
-        data_dir, models_settings(config.extra.get("models", {}))
-    )
     return BackendContext(
         data_dir=data_dir,
         workers=CpuWorkers(config.workers.cpu_threads or None),
-        models_dir=models_dir,
+        models_dir=config.models.path(data_dir),
     )
 
 
 def _create(
     plugins: Plugins, config: Config, context: BackendContext, kind: str
 ) -> Any:
-    chosen = config.backend(kind)
-    try:
-        return plugins.backends.create(kind, chosen.backend, context, chosen.options)
-    except ConfigError as e:
-        raise ConfigError(f"[{kind}] {chosen.backend}: {e}") from None
+    return plugins.create_backend(kind, config.backend(kind), context)
 
 
 def read_audio(path: Path) -> PcmChunk:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 
 from ..backends import ConfigError
 from ..protocol.identity import normalise_device_id
-from ..store.devices import Device, DeviceRegistry
-from .settings import require
+from ..store.devices import Device, DeviceStore
+from ..tables import require
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -177,7 +177,7 @@ class AuthPolicy:
         self,
         config: AuthConfig,
         signer: TokenSigner,
-        registry: DeviceRegistry,
+        registry: DeviceStore,
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,

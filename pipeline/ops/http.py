@@ -53,7 +53,7 @@ _CORS_ROUTES = frozenset({"ota", "activate", "healthz"})
 
 async def _healthz(services: OpsServices, request: Request) -> Response:
     try:
-        await services.registry.database.fetch("SELECT 1")
+        await services.registry.ping()
     except DatabaseError as e:
         log.error("health check: %s", e)
         return json_response(503, {"ok": False, "sessions": services.sessions, "version": __version__, "error": "database unavailable"})
@@ -101,13 +101,13 @@ async def handle_request(services: OpsServices, request: Request) -> Response:
     """Route one request; count it in the metrics."""
     started = time.perf_counter()
     found = _route(request.raw_path)
-    if found is not None and found[0] == "metrics" and not services.ops.metrics.enabled:
+    if found is not None and found[0] == "metrics" and not services.settings.metrics.enabled:
         found = None
     if found is None:
         name, response = "not_found", error_response(404, f"no such path: {request.raw_path[:200]}")
     else:
         name, endpoints = found
-        cors = CorsPolicy(services.ops.ota.cors_origins) if name in _CORS_ROUTES else None
+        cors = CorsPolicy(services.settings.ota.cors_origins) if name in _CORS_ROUTES else None
         endpoint = endpoints.get(request.method)
         if cors is not None and cors.enabled and request.method == "OPTIONS":
             response = cors.preflight(request, endpoints)
@@ -124,7 +124,7 @@ async def handle_request(services: OpsServices, request: Request) -> Response:
 
 
 def limits_for(services: OpsServices) -> HttpLimits:
-    ota = services.ops.ota
+    ota = services.settings.ota
     return HttpLimits(
         max_body_bytes=ota.max_body_bytes,
         max_header_bytes=ota.max_header_bytes,

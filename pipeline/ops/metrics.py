@@ -34,7 +34,7 @@ from ..events import (
     SessionOpened,
 )
 from ..hookspecs import hookimpl
-from .settings import require
+from ..tables import require
 from .turns import RESPONSE, STAGES, StageLatency, TurnSummary, TurnTimer
 
 if TYPE_CHECKING:

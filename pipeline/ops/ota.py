@@ -29,7 +29,7 @@ from urllib.parse import quote
 from ..protocol.identity import normalise_device_id
 from ..store.devices import CheckIn, Device
 from .h11server import Request, Response, error_response, json_response
-from .settings import require
+from ..tables import require
 
 if TYPE_CHECKING:
     from .services import OpsServices
@@ -196,12 +196,12 @@ def websocket_url(services: OpsServices, request: Request) -> str:
 
 
 def firmware_url(services: OpsServices, request: Request, board: str, file_name: str) -> str:
-    base = services.ops.ota.public_url.rstrip("/") or f"http://{request_host(request)[1]}"
+    base = services.settings.ota.public_url.rstrip("/") or f"http://{request_host(request)[1]}"
     return f"{base}/xiaozhi/ota/firmware/{quote(board, safe='')}/{quote(file_name, safe='')}"
 
 
 def activation_message(services: OpsServices, code: str, language: str) -> str:
-    template = services.ops.devices.activation_message
+    template = services.settings.devices.activation_message
     if template:
         return template.replace("{code}", code)
     if language.lower().startswith("zh"):
@@ -212,7 +212,7 @@ def activation_message(services: OpsServices, code: str, language: str) -> str:
 def build_reply(services: OpsServices, request: Request, check_in: CheckIn, device: Device) -> dict[str, Any]:
     """The OTA reply for a device whose check-in was recorded as ``device``."""
     now = services.clock()
-    ota = services.ops.ota
+    ota = services.settings.ota
     admitted = device.bound and device.client_id == check_in.client_id
     reply: dict[str, Any] = {
         "websocket": {

@@ -6,16 +6,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..config import Config
-from ..store.devices import DeviceRegistry, DevicesConfig
-from ..store.sqlite import DATABASE_FILE, open_database
+from ..registry import Plugins
+from ..store.context import StoreContext
+from ..store.devices import DevicesConfig, DeviceStore
 from .auth import AuthConfig, AuthPolicy, TokenSigner, load_secret
 from .firmware import FirmwareFolder
 from .metrics import Metrics, MetricsConfig
 from .ota import OtaConfig
-from .settings import parse_table
+
+if TYPE_CHECKING:
+    from ..app import App
+from ..tables import parse_table
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ class OpsServices:
     """What the HTTP server and the WebSocket handshake share. Build it with ``build_ops_services``."""
 
     config: Config
-    ops: OpsConfig
-    registry: DeviceRegistry
+    #: The parsed ``[ota]``, ``[auth]``, ``[devices]`` and ``[metrics]`` tables.
+    settings: OpsConfig
+    registry: DeviceStore
     auth: AuthPolicy
     metrics: Metrics
     firmware: FirmwareFolder
@@ -57,13 +62,12 @@ class OpsServices:
     def sessions(self) -> int:
         return self.session_count() if self.session_count is not None else self.metrics.connected
 
-    def attach(self, app: Any) -> None:
-        """Wire into the WebSocket side (an ``App``): the live session count, the metrics as a
-        session-event observer, and ``auth.refuse_reason`` as the handshake authorizer."""
+    def attach(self, app: App) -> None:
+        """Wire into the WebSocket side: the live session count, the metrics as a session-event
+        observer plugin, and ``auth.refuse_reason`` as the handshake authorizer."""
         self.session_count = lambda: app.sessions.count
-        app.plugins.pm.register(self.metrics, name="xiaozhi_trio.metrics")
-        app.services["authorize"] = self.auth.refuse_reason
-        app.services["ops"] = self
+        app.plugins.register(self.metrics, name="xiaozhi_trio.metrics")
+        app.authorize = self.auth.refuse_reason
 
     def close(self) -> None:
         """Close the registry's database connection."""
@@ -73,21 +77,23 @@ class OpsServices:
 def build_ops_services(
     config: Config,
     *,
-    registry: DeviceRegistry | None = None,
+    registry: DeviceStore | None = None,
+    plugins: Plugins | None = None,
     metrics: Metrics | None = None,
     session_count: Callable[[], int] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> OpsServices:
-    """Parse the ops tables, open the device registry (in the shared database file, unless one is
-    given: it should then use ``OpsConfig.from_config(config).devices``), load or create the server
+    """Parse the ops tables, open the device store (``[store] backend``'s, from ``plugins``, unless one
+    is given: it should then use ``OpsConfig.from_config(config).devices``), load or create the server
     secret, and bundle it all. Synchronous: call at startup.
     """
-    ops = OpsConfig.from_config(config)
+    settings = OpsConfig.from_config(config)
     data_dir = config.server.data_path
     if registry is None:
-        registry = DeviceRegistry(open_database(data_dir / DATABASE_FILE), ops.devices, clock=clock)
+        plugins = plugins or Plugins()
+        registry = plugins.open_store("devices", config.store, StoreContext(data_dir, settings.devices, clock))
     metrics = metrics or Metrics()
     signer = TokenSigner(load_secret(data_dir))
-    auth = AuthPolicy(ops.auth, signer, registry, metrics=metrics, clock=clock)
-    firmware_dir = Path(ops.ota.firmware_dir).expanduser() if ops.ota.firmware_dir else data_dir / "firmware"
-    return OpsServices(config, ops, registry, auth, metrics, FirmwareFolder(firmware_dir), session_count, clock)
+    auth = AuthPolicy(settings.auth, signer, registry, metrics=metrics, clock=clock)
+    firmware_dir = Path(settings.ota.firmware_dir).expanduser() if settings.ota.firmware_dir else data_dir / "firmware"
+    return OpsServices(config, settings, registry, auth, metrics, FirmwareFolder(firmware_dir), session_count, clock)

@@ -8,17 +8,17 @@ Two kinds of memory, both keyed by (agent key, device id):
   OpenAI-compatible ones): a bounded list of message dicts, oldest first.
 
 ``ConversationStore`` is the interface. ``SqliteConversationStore`` keeps everything in the data
-folder's SQLite file and suits one server. A deployment that runs several servers behind a load
-balancer (a device may reach any of them) needs the memory in a shared database instead: implement
-``ConversationStore`` over it and name its factory in the config::
+folder's SQLite file and suits one server; the built-in ``sqlite`` store plugin provides it. A
+deployment that runs several servers behind a load balancer (a device may reach any of them) needs
+the memory in a shared database instead: a plugin implements ``ConversationStore`` over it, registers
+it with the ``xiaozhi_register_stores`` hook, and the config names it::
 
     [store]
-    backend = "mypackage.store:open_store"   # open_store(options, data_dir) -> ConversationStore
+    backend = "postgres"      # every other key of [store] is that plugin's option
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sqlite3
@@ -27,8 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..backends import ConfigError
-from .sqlite import DATABASE_FILE, Database, open_database
+from .sqlite import Database, open_database
 
 log = logging.getLogger(__name__)
 
@@ -168,48 +167,3 @@ class SqliteConversationStore:
 
     async def aclose(self) -> None:
         self.database.close()
-
-
-_SQLITE_KEYS = {"backend", "path", "max_history_messages"}
-
-
-def open_conversation_store(config_extra_store: Mapping[str, Any], data_dir: Path) -> ConversationStore:
-    """Build the store the ``[store]`` config table asks for (empty table: SQLite in ``data_dir``).
-
-    Keys: ``backend`` (``"sqlite"``, the default, or ``"module:factory"`` naming a callable
-    ``factory(options, data_dir) -> ConversationStore`` for a shared database), and for SQLite
-    ``path`` (default ``data_dir / "xiaozhi-trio.db"``) and ``max_history_messages``.
-    """
-    options = dict(config_extra_store)
-    backend = options.get("backend", "sqlite")
-    if not isinstance(backend, str) or not backend:
-        raise ConfigError('[store] backend must be "sqlite" or "module:factory"')
-    if backend != "sqlite":
-        return _external_store(backend, options, data_dir)
-    unknown = sorted(set(options) - _SQLITE_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [store]: {', '.join(unknown)}; valid keys: {', '.join(sorted(_SQLITE_KEYS))}"
-        )
-    path_value = options.get("path", "")
-    if not isinstance(path_value, str):
-        raise ConfigError("[store] path must be a string (a file path)")
-    path = Path(path_value).expanduser() if path_value else data_dir / DATABASE_FILE
-    max_history = options.get("max_history_messages", DEFAULT_MAX_HISTORY)
-    if not isinstance(max_history, int) or isinstance(max_history, bool) or max_history < 1:
-        raise ConfigError(f"[store] max_history_messages must be a positive integer, not {max_history!r}")
-    return SqliteConversationStore.open(path, max_history=max_history)
-
-
-def _external_store(backend: str, options: Mapping[str, Any], data_dir: Path) -> ConversationStore:
-    module_name, colon, attribute = backend.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ConfigError(f'[store] backend {backend!r} must be "sqlite" or "module:factory"')
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"[store] backend {backend!r} cannot be loaded: {e}") from None
-    store = factory(options, data_dir)
-    if not isinstance(store, ConversationStore):
-        raise ConfigError(f"[store] backend {backend!r} returned {type(store).__name__}, not a ConversationStore")
-    return store

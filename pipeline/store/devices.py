@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from ..ops.settings import require
 from ..protocol.identity import normalise_device_id
+from ..tables import require
 from .sqlite import Database, open_database
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,69 @@ class BindingEvent:
     action: str
     at: float
     detail: str
+
+
+@runtime_checkable
+class DeviceStore(Protocol):
+    """Devices, their bindings and serial-number keys: what OTA, activation, the handshake's token
+    check and ``xiaozhi-trio devices`` need. ``DeviceRegistry`` (SQLite) is the built-in one; a plugin
+    provides another through ``xiaozhi_register_stores``. Every method is safe to call concurrently.
+    """
+
+    #: The ``[devices]`` policy the store applies (code lifetime, activation on or off).
+    config: DevicesConfig
+
+    async def ping(self) -> None:
+        """Reach the storage once (the health check); raise ``DatabaseError`` if it is unavailable."""
+        ...
+
+    async def get(self, device_id: str) -> Device | None:
+        """One device, or None if it never checked in."""
+        ...
+
+    async def list(self) -> list[Device]:
+        """Every device, the most recently seen first."""
+        ...
+
+    async def history(self, device_id: str) -> list[BindingEvent]:
+        """The device's binds and revocations, oldest first."""
+        ...
+
+    async def key_for(self, serial_number: str) -> bytes | None:
+        """The HMAC key provisioned for a serial number, if any."""
+        ...
+
+    async def needs_proof(self, device: Device) -> bool:
+        """True if the device must prove its serial number before it is bound."""
+        ...
+
+    async def check_in(self, info: CheckIn) -> Device:
+        """Record an OTA check-in (creating the device, opening a claim as the policy says)."""
+        ...
+
+    async def bind_code(self, code: str) -> Device | None:
+        """Admit the device showing activation ``code``; None if no device waits with it."""
+        ...
+
+    async def complete_activation(self, device_id: str, client_id: str, *, proven: bool) -> Device | None:
+        """The device polled activation; bind it if its claim is approved (and proven if needed)."""
+        ...
+
+    async def bind_device(self, device_id: str, client_id: str | None = None) -> Device:
+        """Admit a device directly by id."""
+        ...
+
+    async def revoke(self, device_id: str) -> Device | None:
+        """Unbind the device and invalidate its tokens; None if unknown."""
+        ...
+
+    async def set_key(self, serial_number: str, key: bytes) -> None:
+        """Provision a serial number's HMAC key (activation version 2)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        ...
 
 
 _MIGRATIONS = [
@@ -239,6 +303,9 @@ class DeviceRegistry:
         return self.config.code_ttl_minutes * 60.0
 
     # ---- queries ---------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self.database.fetch("SELECT 1")
 
     async def get(self, device_id: str) -> Device | None:
         rows = await self.database.fetch(f"SELECT {_COLUMNS} FROM devices WHERE device_id = ?", (normalise_device_id(device_id),))

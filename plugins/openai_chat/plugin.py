@@ -22,7 +22,8 @@ from typing import Any
 
 from xiaozhi_trio.pipeline.backends import BackendContext
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
-from xiaozhi_trio.pipeline.store.conversations import open_conversation_store
+from xiaozhi_trio.pipeline.store.conversations import SqliteConversationStore
+from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE
 
 from .agent import OpenAIChatAgent
 from .options import OpenAIOptions
@@ -32,8 +33,11 @@ def create_agent(context: BackendContext, options: Mapping[str, Any]) -> OpenAIC
     """The ``openai`` agent factory; a ``ConfigError`` names a bad option or the missing key variable."""
     parsed = OpenAIOptions.parse(options)
     api_key = parsed.api_key()
+    # A context without a store (a test, a command without a server) keeps memory in the data folder.
     store = (
-        context.conversations if context.conversations is not None else open_conversation_store({}, context.data_dir)
+        context.conversations
+        if context.conversations is not None
+        else SqliteConversationStore.open(context.data_dir / DATABASE_FILE)
     )
     return OpenAIChatAgent(parsed, api_key, store)
 

