@@ -171,7 +171,7 @@ class Plugins:
         if entry_points:
             self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
         for plugin in extra:
-            self.pm.register(plugin)
+            self.register(plugin)
         self.backends = backend_registry()
         self.stores = store_registry()
         self.tools = ToolRegistry()
@@ -186,8 +186,17 @@ class Plugins:
         """Add a plugin object after discovery (an observer built at startup, such as the metrics).
 
         Only its ``xiaozhi_session_event`` and ``xiaozhi_cli_commands`` hooks take effect: the
-        registries were filled when this object was made.
+        registries were filled when this object was made. The object must be hashable (modules and
+        plain objects are; a dataclass needs ``eq=False``): pluggy keeps plugins in sets when it
+        calls one plugin's hook.
         """
+        try:
+            hash(plugin)
+        except TypeError:
+            raise TypeError(
+                f"plugin {plugin!r} is not hashable; pluggy needs hashable plugin objects "
+                "(give a dataclass eq=False)"
+            ) from None
         self.pm.register(plugin, name=name)
 
     def _each_plugin(self, hook_name: str) -> Iterator[tuple[str, pluggy.HookCaller]]:

@@ -203,3 +203,16 @@ def test_plugins_add_cli_commands(capsys):
     assert capsys.readouterr().out == "hello from a plugin\n"
     assert "models" in build_parser().format_help()
     assert "models" not in build_parser(Plugins(entry_points=False)).format_help()
+
+
+def test_an_unhashable_plugin_object_is_refused_clearly():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Unhashable:
+        @hookimpl
+        def xiaozhi_session_event(self, event):
+            pass
+
+    with pytest.raises(TypeError, match="not hashable.*eq=False"):
+        Plugins(entry_points=False, extra=[Unhashable()])

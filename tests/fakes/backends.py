@@ -230,7 +230,7 @@ class FakeTts:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # a plugin object must be hashable (pluggy keeps plugins in sets)
 class FakeBackends:
     """A plugin whose backends are these instances (so tests can steer and inspect them)."""
 
