@@ -98,6 +98,7 @@ async def test_a_third_party_store_serves_the_app_and_the_device_registry(tmp_pa
         "store": {"backend": "shared", "keep": 4},
         "devices": {"code_ttl_minutes": 7},
         **{kind: {"backend": "fake"} for kind in ("vad", "asr", "agent", "tts")},
+        "turn": {"backend": "off"},
     })
     app = App.build(config, plugins)
     ops = build_ops_services(config, plugins=plugins)
