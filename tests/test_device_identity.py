@@ -52,7 +52,8 @@ async def coze(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> FakeCo
 async def test_both_spellings_share_one_memory_one_user_and_one_recording_folder(tmp_path, coze) -> None:
     base = fake_config(tmp_path)
     config = dataclasses.replace(
-        base, agent=BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": coze.url}), extra={"recording": {"enabled": True}}
+        base.with_backend("agent", BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": coze.url})),
+        extra={"recording": {"enabled": True}},
     )
     app, _, _ = make_app(tmp_path, config=config, plugins=(coze_plugin,))
     async with open_device(app, device_id=UPPER) as device:
