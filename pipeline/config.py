@@ -127,6 +127,15 @@ class TurnPolicyConfig:
 class WorkersConfig:
     #: Threads for CPU-heavy backend work shared by all sessions; 0 = one per core.
     cpu_threads: int = 0
+    #: Seconds a queued call may be put off by later calls that are due sooner (run-ahead audio
+    #: waits for first words, but not for ever); 0 = first come, first served.
+    max_wait: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.cpu_threads < 0:
+            raise ConfigError(f"[workers] cpu_threads must be 0 (one per core) or more, not {self.cpu_threads}")
+        if not 0 <= self.max_wait <= 60:
+            raise ConfigError(f"[workers] max_wait must be between 0 and 60 seconds, not {self.max_wait:g}")
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,42 @@
 """A process-wide pool of CPU time for backend calls (ASR decode, TTS generate, opening a VAD
 stream, Opus encoding of a sentence).
 
-All sessions queue on one ``trio.CapacityLimiter`` (FIFO, so fair) sized to the cores, and the work
-runs in worker threads so the event loop keeps pacing audio for everyone else. Per-packet work that
-is cheaper than a thread hand-off stays on the event loop: Opus decoding and ``VadStream.feed``.
+All sessions share ``threads`` worker threads (one per core by default), so the event loop keeps
+pacing audio for everyone while models run. Who gets a free thread is decided by deadline
+(``pipeline/scheduling.py``): each call carries an ``Urgency`` — given explicitly, or set for a
+whole stretch of a task with ``work_urgency`` (a context variable, inherited by the tasks it
+starts), so backends need not know about it. A call that says nothing is due at once. Per-packet
+work that is cheaper than a thread hand-off stays on the event loop: Opus decoding and
+``VadStream.feed``.
+
+The pool also keeps what an operator needs to see overload: how long calls waited for a thread,
+per kind of work, and whether the pool is saturated (logged when it starts and stops).
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import os
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import trio
 
+from .scheduling import OTHER, DeadlineQueue, Job, SaturationChange, SaturationMonitor, Urgency
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: The urgency of calls made by the current task (and tasks it starts) that give none.
+_urgency: contextvars.ContextVar[Urgency | None] = contextvars.ContextVar("xiaozhi_work_urgency", default=None)
+
+#: Seconds; queue waits from "got a thread at once" to "overloaded".
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: Default longest a job can be put off by later, more urgent ones (see ``DeadlineQueue``).
+MAX_WAIT = 2.0
 
 
 def default_thread_count() -> int:
@@ -25,28 +47,150 @@ def default_thread_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@contextmanager
+def work_urgency(urgency: Urgency) -> Iterator[Urgency]:
+    """Within the block, pool calls of this task (and of tasks it starts) have ``urgency``."""
+    token = _urgency.set(urgency)
+    try:
+        yield urgency
+    finally:
+        _urgency.reset(token)
+
+
+def current_urgency() -> Urgency:
+    """The urgency set by ``work_urgency`` around this task, else "due now"."""
+    return _urgency.get() or Urgency(trio.current_time(), OTHER)
+
+
+class Limiter(Protocol):
+    """What ``trio.to_thread.run_sync`` needs of its ``limiter``."""
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None: ...
+
+    def release_on_behalf_of(self, borrower: object) -> None: ...
+
+
+#: Runs ``fn(*args)`` holding ``limiter`` for as long as the work really runs.
+Runner = Callable[[Callable[..., Any], tuple[Any, ...], Limiter], Awaitable[Any]]
+
+
+async def run_in_thread(fn: Callable[..., T], args: tuple[Any, ...], limiter: Limiter) -> T:
+    """A worker thread. On cancellation (barge-in) the caller returns at once and the thread's
+    result is thrown away; the limiter is released only when the thread really finishes, so the
+    cores are never oversubscribed. Callers must not reuse per-call state after a cancel."""
+    return await trio.to_thread.run_sync(fn, *args, limiter=limiter, abandon_on_cancel=True)  # type: ignore[arg-type]
+
+
+@dataclass
+class WaitHistogram:
+    """Queue waits of one kind of work, in ``WAIT_BUCKETS`` (non-cumulative, +Inf last)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(WAIT_BUCKETS) + 1))
+    total: float = 0.0
+    longest: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(WAIT_BUCKETS) if seconds <= bound), len(WAIT_BUCKETS))
+        self.counts[index] += 1
+        self.total += seconds
+        self.longest = max(self.longest, seconds)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class _Ticket:
+    """One call's claim on a thread, in the shape of a trio limiter."""
+
+    def __init__(self, pool: CpuWorkers, urgency: Urgency) -> None:
+        self._pool = pool
+        self._urgency = urgency
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        await self._pool._acquire(self._urgency)
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self._pool._release()
+
+
 class CpuWorkers:
-    """Runs blocking calls in threads, at most ``threads`` at once across the whole process."""
+    """Runs blocking calls in threads, at most ``threads`` at once across the whole process,
+    earliest deadline first."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, *, max_wait: float = MAX_WAIT, runner: Runner = run_in_thread) -> None:
         self.threads = threads or default_thread_count()
-        self._limiter = trio.CapacityLimiter(self.threads)
+        self._queue = DeadlineQueue(max_wait)
+        self._running = 0
+        self._runner = runner
+        self.monitor = SaturationMonitor()
+        #: Queue waits per kind of work.
+        self.waits: dict[str, WaitHistogram] = {}
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Call ``fn(*args)`` in a worker thread.
-
-        On cancellation (barge-in) the caller returns at once and the thread's result is thrown
-        away; the limiter slot is freed only when the thread really finishes, so the cores are
-        never oversubscribed. Callers must therefore not reuse per-call state after a cancel.
-        """
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=True)
+    async def run(self, fn: Callable[..., T], *args: object, urgency: Urgency | None = None) -> T:
+        """Call ``fn(*args)`` in a worker thread when its turn comes (``urgency``, else the one
+        set with ``work_urgency``, else due now). Cancelling the caller drops a queued call at once."""
+        ticket = _Ticket(self, urgency or current_urgency())
+        return await self._runner(fn, args, ticket)  # type: ignore[no-any-return]
 
     @property
     def busy(self) -> int:
         """Threads running now."""
-        return self._limiter.borrowed_tokens
+        return self._running
 
     @property
     def waiting(self) -> int:
         """Calls queued for a thread."""
-        return self._limiter.statistics().tasks_waiting
+        return len(self._queue)
+
+    @property
+    def saturation(self) -> float:
+        """Demand over capacity now: (running + queued calls) / threads; above 1, calls queue."""
+        return (self._running + len(self._queue)) / self.threads
+
+    def check_saturation(self) -> None:
+        """End a saturation episode that has calmed down (the pool checks on its own as calls
+        start and end; a metrics scrape calls this too, so a pool gone idle reports it)."""
+        self._report(self.monitor.check(trio.current_time()))
+
+    # ---- the limiter side: called by the runner ----
+
+    async def _acquire(self, urgency: Urgency) -> None:
+        now = trio.current_time()
+        if self._running < self.threads and not len(self._queue):
+            self._running += 1
+            self._started(Job(urgency, now, now, -1, queued=False), now)
+            return
+        granted = trio.Event()
+        job = self._queue.push(urgency, now, granted)
+        try:
+            await granted.wait()
+        except BaseException:
+            if not self._queue.remove(job):  # a thread was handed to us meanwhile: pass it on
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        self._running -= 1
+        now = trio.current_time()
+        while self._running < self.threads and (job := self._queue.pop()) is not None:
+            self._running += 1
+            self._started(job, now)
+            assert isinstance(job.payload, trio.Event)
+            job.payload.set()
+        self._report(self.monitor.check(now))
+
+    def _started(self, job: Job, now: float) -> None:
+        self.waits.setdefault(job.kind, WaitHistogram()).observe(now - job.submitted)
+        self._report(self.monitor.started(job, now))
+
+    def _report(self, change: SaturationChange | None) -> None:
+        if change is None:
+            return
+        if change.saturated:
+            log.warning(
+                "CPU workers saturated: a %s call started %.2f s late (%d running, %d queued); replies will be late",
+                change.kind, change.lateness, self._running, len(self._queue),
+            )
+        else:
+            log.warning("CPU workers no longer saturated (worst lateness %.2f s)", change.lateness)

@@ -61,7 +61,7 @@ class InlineWorkers:
 
     threads = 1
 
-    async def run(self, fn: Any, *args: Any) -> Any:
+    async def run(self, fn: Any, *args: Any, urgency: Any = None) -> Any:
         await trio.lowlevel.checkpoint()
         return fn(*args)
 

@@ -22,7 +22,7 @@ from ..messages import AgentText, EncodedOutput, PcmChunk, Sentence, SpeechOutpu
 from ..protocol.outbox import DeviceNotReading
 from ..stages.agent import ask_agent, speak_text
 from ..stages.encoder import encode_speech
-from ..stages.pacing import Pacer
+from ..stages.pacing import Pacer, Runway
 from ..stages.sender import Sent, send_reply
 from ..stages.sentences import split_sentences
 from ..stages.tts import synthesize
@@ -121,6 +121,7 @@ async def _reply(ctx: SessionContext, start: StartTurn, tally: _Tally, tools: To
     packet_send, packet_receive = trio.open_memory_channel[EncodedOutput](PACKET_BUFFER)
     encoder = OpusEncoder(audio.downlink_sample_rate, audio.downlink_frame_ms, audio.opus_bitrate)
     pacer = Pacer(audio.downlink_frame_ms / 1000, audio.downlink_lead_ms / 1000)
+    runway = Runway(pacer)  # when this reply's next synthesis and encoding are due
 
     def on_error(stage: str) -> object:
         def report(error: BackendError) -> None:
@@ -176,10 +177,11 @@ async def _reply(ctx: SessionContext, start: StartTurn, tally: _Tally, tools: To
                 speech_send,
                 services.tts,
                 audio.downlink_sample_rate,
+                runway,
                 on_sentence=on_sentence,
                 on_error=on_error("tts"),
             )
         )
         tap = tally.reply_audio.append if tally.reply_audio is not None else None
-        nursery.start_soon(encode_speech, speech_receive, packet_send, encoder, services.workers, tap)
+        nursery.start_soon(encode_speech, speech_receive, packet_send, encoder, services.workers, runway, tap)
         nursery.start_soon(send_reply, packet_receive, ctx.outbox, pacer, ctx.session_id, on_sent)

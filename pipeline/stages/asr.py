@@ -9,6 +9,7 @@ import trio
 
 from ..backends import BackendError, RecognitionStream, SpeechRecognizer
 from ..messages import (
+    PcmChunk,
     RecognitionFailed,
     SpeechAudio,
     SpeechEnded,
@@ -16,6 +17,8 @@ from ..messages import (
     UplinkControl,
     UtteranceStarted,
 )
+from ..scheduling import LISTENING, SPEECH_END, Urgency
+from ..workers import work_urgency
 from .listen import UtteranceOutput
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ async def recognize(
 
     Streaming recognizers decode while the user speaks, so the text is ready as speech ends;
     offline ones decode the whole utterance in ``finish``. Partial text is not passed on: nothing
-    acts on it yet.
+    acts on it yet. The final decode is due at once (the user is waiting); decoding while the user
+    speaks only has to keep up with the audio.
     """
     stream: RecognitionStream | None = None
     with receive, send:
@@ -43,15 +47,16 @@ async def recognize(
                     case UtteranceStarted(audio=audio):
                         await send.send(item)  # the controller may barge in on it
                         stream = recognizer.open_stream()
-                        await stream.accept(audio)
+                        await _accept(stream, audio)
                     case SpeechAudio(audio=audio):
                         if stream is not None:
-                            await stream.accept(audio)
+                            await _accept(stream, audio)
                     case SpeechEnded(audio=audio):
                         ended_at = trio.current_time()
                         on_speech_end(item)
                         current, stream = stream or recognizer.open_stream(), None
-                        text = (await current.finish(audio)).strip()
+                        with work_urgency(Urgency(ended_at, SPEECH_END)):
+                            text = (await current.finish(audio)).strip()
                         await send.send(Transcript(text, ended_at, audio))
                     case _:
                         await send.send(item)
@@ -59,3 +64,9 @@ async def recognize(
                 stream = None
                 log.warning("speech recognition failed (%s): %s", e.kind, e)
                 await send.send(RecognitionFailed(e.kind, str(e)))
+
+
+async def _accept(stream: RecognitionStream, audio: PcmChunk) -> str | None:
+    """Feed speech in progress; due before the next piece of audio arrives."""
+    with work_urgency(Urgency(trio.current_time() + audio.duration, LISTENING)):
+        return await stream.accept(audio)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from ..backends import VadStream
+from ..scheduling import LISTENING, Urgency
 from ..workers import CpuWorkers
 from ..messages import (
     ListenStart,
@@ -139,7 +140,7 @@ async def detect_utterances(
     with receive, send:
         async for item in receive:
             if isinstance(item, PcmChunk) and detector.needs_vad:
-                await workers.run(detector.open_vad)
+                await workers.run(detector.open_vad, urgency=Urgency(trio.current_time(), LISTENING))
             outputs = detector.audio(item) if isinstance(item, PcmChunk) else detector.control(item)
             for output in outputs:
                 await send.send(output)

@@ -10,6 +10,8 @@ import trio
 from ..audio.resample import StreamResampler
 from ..backends import BackendError, SpeechSynthesizer
 from ..messages import Emotion, PcmChunk, Sentence, SentenceEnd, SentenceStart, SpeechOutput
+from ..workers import work_urgency
+from .pacing import Runway
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +21,7 @@ async def synthesize(
     send: trio.MemorySendChannel[SpeechOutput],
     tts: SpeechSynthesizer,
     output_rate: int,
+    runway: Runway,
     *,
     on_sentence: Callable[[Sentence], None],
     on_error: Callable[[BackendError], None],
@@ -26,7 +29,8 @@ async def synthesize(
     """Speak each sentence as its audio is produced (chunk by chunk, resampled on the fly).
 
     A sentence that fails to synthesize is still shown on the device (its marks go out without
-    audio); the reply goes on with the next sentence.
+    audio); the reply goes on with the next sentence. Its synthesis is due when ``runway`` says:
+    the first at once, later ones when the device would otherwise run out of audio.
     """
     with receive, send:
         async for item in receive:
@@ -36,7 +40,8 @@ async def synthesize(
             on_sentence(item)
             await send.send(SentenceStart(item.text))
             try:
-                await _speak(item.text, tts, output_rate, send)
+                with work_urgency(runway.urgency(trio.current_time())):
+                    await _speak(item.text, tts, output_rate, send)
             except* BackendError as group:
                 on_error(group.exceptions[0])  # type: ignore[arg-type]
             await send.send(SentenceEnd(item.text))

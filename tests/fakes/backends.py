@@ -20,6 +20,8 @@ from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, Backend
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import AgentText, PcmChunk, Samples, SpeechEnded, SpeechStarted, VadEvent
 
+from .workers import CpuWork
+
 RATE = 16000
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +141,9 @@ class FakeRecognitionStream:
         return None
 
     async def finish(self, utterance: PcmChunk) -> str:
-        if self.owner.delay:
+        if self.owner.delay and self.owner.workers is not None:
+            await self.owner.workers.run(CpuWork(self.owner.delay))
+        elif self.owner.delay:
             await trio.sleep(self.owner.delay)
         if self.owner.fail:
             raise BackendError("recognizer exploded", kind="asr_test")
@@ -154,6 +158,8 @@ class FakeAsr:
     delay: float = 0.0
     fail: bool = False
     heard: list[str] = field(default_factory=list)
+    #: When set, ``delay`` is CPU time in this pool (see ``fakes/workers.py``), not a sleep.
+    workers: Any = None
 
     def open_stream(self) -> FakeRecognitionStream:
         return FakeRecognitionStream(self)
@@ -211,6 +217,9 @@ class FakeTts:
     chunk_delay: float = 0.0
     fail_on: str | None = None
     spoken: list[str] = field(default_factory=list)
+    #: When set, a sentence's synthesis time is one call in this pool (as sherpa-onnx makes a
+    #: sentence in one worker call), taking ``chunk_delay`` per chunk of CPU time, not sleeps.
+    workers: Any = None
 
     async def synthesize(self, text: str, send: trio.MemorySendChannel[PcmChunk]) -> None:
         if self.fail_on is not None and self.fail_on in text:
@@ -220,8 +229,11 @@ class FakeTts:
         t = np.arange(total) / self.sample_rate
         audio = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         step = self.sample_rate // 10
+        if self.workers is not None:
+            await self.workers.run(CpuWork(self.chunk_delay * len(range(0, total, step))))
         for start in range(0, total, step):
-            await trio.sleep(self.chunk_delay)
+            if self.workers is None:
+                await trio.sleep(self.chunk_delay)
             await send.send(PcmChunk(audio[start : start + step], self.sample_rate))
 
 
