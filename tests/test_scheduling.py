@@ -158,3 +158,35 @@ def test_a_job_due_later_than_it_starts_is_not_late() -> None:
     run_ahead = Job(Urgency(20.0, "playback"), 10.0, 12.0, 0)
     assert monitor.started(run_ahead, 19.0) is None
     assert not monitor.saturated
+
+
+# ---- when a reply's next piece of work is due (stages/pacing.py) ----------------------------
+
+
+def test_a_reply_without_audio_needs_its_first_clause_now() -> None:
+    from xiaozhi_trio.pipeline.stages.pacing import Pacer, Runway
+
+    runway = Runway(Pacer(0.06, 0.18))
+    assert runway.urgency(5.0) == Urgency(5.0, "first_audio")
+
+
+@given(
+    made=st.integers(min_value=1, max_value=400),
+    sent=st.integers(min_value=0, max_value=400),
+    later=st.floats(min_value=0.0, max_value=30.0, allow_nan=False),
+)
+def test_later_audio_is_due_when_the_device_would_run_dry(made: int, sent: int, later: float) -> None:
+    """Due = what the device still has queued + what is encoded but not sent yet."""
+    from xiaozhi_trio.pipeline.stages.pacing import Pacer, Runway
+
+    pacer = Pacer(0.06, 0.18)
+    runway = Runway(pacer)
+    runway.made(made)
+    sent = min(sent, made)
+    for _ in range(sent):
+        pacer.sent(0.0)  # a burst at 0: the device has sent * 60 ms queued
+    urgency = runway.urgency(later)
+    assert urgency.kind == "playback"
+    played_out = sent * 0.06
+    expected = max(later, played_out) + (made - sent) * 0.06
+    assert abs(urgency.due - expected) < 1e-9
