@@ -86,7 +86,11 @@ class App:
         Raises ``ConfigError`` naming the backend that could not be built and why.
         """
         plugins = plugins or Plugins()
-        workers = context.workers if context is not None else CpuWorkers(config.workers.cpu_threads or None, max_wait=config.workers.max_wait)
+        workers = context.workers if context is not None else CpuWorkers(
+            config.workers.cpu_threads or None,
+            max_wait=config.workers.max_wait,
+            one_run_per_model=config.workers.one_run_per_model,
+        )
         if context is None:
             data_dir = config.server.data_path
             conversations = plugins.open_store("conversations", config.store, StoreContext(data_dir))

@@ -13,6 +13,10 @@ a job submitted more than ``max_wait`` after another is always served after it, 
 deadline (no starvation of run-ahead work). Equal effective deadlines go in submission order.
 With ``max_wait = 0`` the queue is plain FIFO.
 
+A job may name a ``model`` it runs on; ``pop`` can be told which models are busy and then hands
+out the earliest job among the others (onnxruntime keeps working memory per concurrent run of a
+model, so running one call per model at a time bounds it; see ``CpuWorkers``).
+
 Nothing here knows about threads or trio; ``pipeline/workers.py`` is the shell around it.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 #: Kinds of work, for the queue-wait figures (any other string works too).
@@ -48,6 +53,8 @@ class Job:
     effective: float
     seq: int
     payload: object = None
+    #: What the job runs on, if it must not run beside another job on the same (hashable).
+    model: object = None
     queued: bool = field(default=True, repr=False)
 
     @property
@@ -69,29 +76,34 @@ class DeadlineQueue:
     def __len__(self) -> int:
         return self._live
 
-    def push(self, urgency: Urgency, now: float, payload: object = None) -> Job:
+    def push(self, urgency: Urgency, now: float, payload: object = None, model: object = None) -> Job:
         """Queue a job submitted at ``now``."""
         effective = min(max(urgency.due, now), now + self.max_wait)
-        job = Job(urgency, now, effective, next(self._count), payload)
+        job = Job(urgency, now, effective, next(self._count), payload, model)
         heapq.heappush(self._heap, (effective, job.seq, job))
         self._live += 1
         return job
 
-    def pop(self) -> Job | None:
-        """The job to run next (taken out of the queue), or None if none waits."""
+    def pop(self, busy: Container[object] = frozenset()) -> Job | None:
+        """The job to run next (taken out of the queue), or None if none waits; jobs on a model in
+        ``busy`` are passed over (they keep their place)."""
+        passed: list[tuple[float, int, Job]] = []
+        found = None
         while self._heap:
-            _, _, job = heapq.heappop(self._heap)
-            if job.queued:
-                job.queued = False
-                self._live -= 1
-                return job
-        return None
-
-    def peek(self) -> Job | None:
-        """The job ``pop`` would return, left in the queue."""
-        while self._heap and not self._heap[0][2].queued:
-            heapq.heappop(self._heap)
-        return self._heap[0][2] if self._heap else None
+            entry = heapq.heappop(self._heap)
+            job = entry[2]
+            if not job.queued:
+                continue
+            if job.model is not None and job.model in busy:
+                passed.append(entry)
+                continue
+            job.queued = False
+            self._live -= 1
+            found = job
+            break
+        for entry in passed:
+            heapq.heappush(self._heap, entry)
+        return found
 
     def remove(self, job: Job) -> bool:
         """Take a cancelled job out; False if it had already been popped (or removed)."""

@@ -9,6 +9,12 @@ starts), so backends need not know about it. A call that says nothing is due at 
 work that is cheaper than a thread hand-off stays on the event loop: Opus decoding and
 ``VadStream.feed``.
 
+A call may name the ``model`` it runs (a loaded recognizer or voice). With ``one_run_per_model``
+(the default) the pool never runs two calls on one model at once and gives the threads to other
+work meanwhile: onnxruntime keeps the working memory of every run of a model that overlaps
+another in that model's arena, and keeps it for good, so two overlapping decodes cost hundreds
+of MB that never come back (measured in docs/benchmarks.md).
+
 The pool also keeps what an operator needs to see overload: how long calls waited for a thread,
 per kind of work, and whether the pool is saturated (logged when it starts and stops).
 """
@@ -103,35 +109,54 @@ class WaitHistogram:
 class _Ticket:
     """One call's claim on a thread, in the shape of a trio limiter."""
 
-    def __init__(self, pool: CpuWorkers, urgency: Urgency) -> None:
+    def __init__(self, pool: CpuWorkers, urgency: Urgency, model: object) -> None:
         self._pool = pool
         self._urgency = urgency
+        self._model = model
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
-        await self._pool._acquire(self._urgency)
+        await self._pool._acquire(self._urgency, self._model)
 
     def release_on_behalf_of(self, borrower: object) -> None:
-        self._pool._release()
+        self._pool._release(self._model)
 
 
 class CpuWorkers:
     """Runs blocking calls in threads, at most ``threads`` at once across the whole process,
     earliest deadline first."""
 
-    def __init__(self, threads: int | None = None, *, max_wait: float = MAX_WAIT, runner: Runner = run_in_thread) -> None:
+    def __init__(
+        self,
+        threads: int | None = None,
+        *,
+        max_wait: float = MAX_WAIT,
+        one_run_per_model: bool = True,
+        runner: Runner = run_in_thread,
+    ) -> None:
         self.threads = threads or default_thread_count()
+        self.one_run_per_model = one_run_per_model
         self._queue = DeadlineQueue(max_wait)
         self._running = 0
+        #: Models with a call running now.
+        self._busy_models: set[object] = set()
         self._runner = runner
         self.monitor = SaturationMonitor()
         #: Queue waits per kind of work.
         self.waits: dict[str, WaitHistogram] = {}
 
-    async def run(self, fn: Callable[..., T], *args: object, urgency: Urgency | None = None) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, urgency: Urgency | None = None, model: object = None) -> T:
         """Call ``fn(*args)`` in a worker thread when its turn comes (``urgency``, else the one
-        set with ``work_urgency``, else due now). Cancelling the caller drops a queued call at once."""
-        ticket = _Ticket(self, urgency or current_urgency())
+        set with ``work_urgency``, else due now) and, with ``one_run_per_model``, when no other
+        call runs on ``model`` (any hashable, e.g. the loaded model object). Cancelling the
+        caller drops a queued call at once."""
+        exclusive = model if self.one_run_per_model else None
+        ticket = _Ticket(self, urgency or current_urgency(), exclusive)
         return await self._runner(fn, args, ticket)  # type: ignore[no-any-return]
+
+    @property
+    def parallel_per_model(self) -> int:
+        """How many calls on one model may run at once."""
+        return 1 if self.one_run_per_model else self.threads
 
     @property
     def busy(self) -> int:
@@ -155,26 +180,29 @@ class CpuWorkers:
 
     # ---- the limiter side: called by the runner ----
 
-    async def _acquire(self, urgency: Urgency) -> None:
-        now = trio.current_time()
-        if self._running < self.threads and not len(self._queue):
-            self._running += 1
-            self._started(Job(urgency, now, now, -1, queued=False), now)
-            return
+    async def _acquire(self, urgency: Urgency, model: object) -> None:
         granted = trio.Event()
-        job = self._queue.push(urgency, now, granted)
+        job = self._queue.push(urgency, trio.current_time(), granted, model)
+        self._dispatch()
         try:
             await granted.wait()
         except BaseException:
             if not self._queue.remove(job):  # a thread was handed to us meanwhile: pass it on
-                self._release()
+                self._release(model)
             raise
 
-    def _release(self) -> None:
+    def _release(self, model: object) -> None:
         self._running -= 1
+        self._busy_models.discard(model)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free threads to the most urgent calls whose model is free."""
         now = trio.current_time()
-        while self._running < self.threads and (job := self._queue.pop()) is not None:
+        while self._running < self.threads and (job := self._queue.pop(self._busy_models)) is not None:
             self._running += 1
+            if job.model is not None:
+                self._busy_models.add(job.model)
             self._started(job, now)
             assert isinstance(job.payload, trio.Event)
             job.payload.set()
@@ -189,7 +217,7 @@ class CpuWorkers:
             return
         if change.saturated:
             log.warning(
-                "CPU workers saturated: a %s call started %.2f s late (%d running, %d queued); replies will be late",
+                "CPU workers saturated: %s work started %.2f s late (%d running, %d queued); replies will be late",
                 change.kind, change.lateness, self._running, len(self._queue),
             )
         else:

@@ -116,17 +116,6 @@ def test_without_a_wait_allowance_the_queue_is_fifo(slacks: list[float]) -> None
     assert queue.pop() is None
 
 
-def test_peek_shows_the_next_job_and_skips_cancelled_ones() -> None:
-    queue = DeadlineQueue(MAX_WAIT)
-    later = queue.push(Urgency(1.5), 0.0)
-    sooner = queue.push(Urgency(0.5), 0.0)
-    assert queue.peek() is sooner
-    queue.remove(sooner)
-    assert queue.peek() is later
-    assert queue.pop() is later
-    assert queue.peek() is None
-
-
 def test_many_cancellations_do_not_keep_the_heap_large() -> None:
     queue = DeadlineQueue(MAX_WAIT)
     jobs = [queue.push(Urgency(float(i)), 0.0) for i in range(200)]
@@ -190,3 +179,19 @@ def test_later_audio_is_due_when_the_device_would_run_dry(made: int, sent: int, 
     played_out = sent * 0.06
     expected = max(later, played_out) + (made - sent) * 0.06
     assert abs(urgency.due - expected) < 1e-9
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.floats(min_value=0.0, max_value=5.0, allow_nan=False), st.sampled_from([None, "asr", "tts"])), max_size=30),
+    st.sets(st.sampled_from(["asr", "tts"])),
+)
+def test_jobs_on_a_busy_model_are_passed_over_and_keep_their_place(jobs: list[tuple[float, str | None]], busy: set[str]) -> None:
+    queue = DeadlineQueue(MAX_WAIT)
+    pushed = [queue.push(Urgency(due), 0.0, model=model) for due, model in jobs]
+    free = [job for job in pushed if job.model not in busy]
+    expected = min(free, key=lambda job: (job.effective, job.seq)) if free else None
+    assert queue.pop(busy) is expected
+    # The passed-over jobs are all still there, in order, once their model is free.
+    rest = sorted((job for job in pushed if job is not expected), key=lambda job: (job.effective, job.seq))
+    assert [queue.pop() for _ in rest] == rest

@@ -104,7 +104,7 @@ async def test_waits_are_counted_per_kind_and_saturation_is_logged(
     assert workers.waits[SPEECH_END].count == 3
     assert workers.waits[SPEECH_END].longest == pytest.approx(1.0)
     assert workers.monitor.saturated
-    assert "saturated: a speech_end call started 0.50 s late" in caplog.text
+    assert "saturated: speech_end work started 0.50 s late" in caplog.text
     await trio.sleep(10)
     workers.check_saturation()
     assert not workers.monitor.saturated
@@ -125,3 +125,27 @@ async def test_real_threads_run_the_call_off_the_event_loop() -> None:
         assert workers.waiting == 1  # two threads at most
         release.set()
     assert workers.busy == 0
+
+
+async def test_one_call_per_model_at_a_time_and_the_other_thread_does_other_work(autojump_clock: trio.testing.MockClock) -> None:
+    workers, threads = pool(2)
+    asr, tts = object(), object()
+    async with trio.open_nursery() as nursery:
+        for kind, model in [("asr 1", asr), ("asr 2", asr), ("tts", tts), ("encode", None)]:
+            nursery.start_soon(lambda kind=kind, model=model: workers.run(CpuWork(1.0), urgency=Urgency(0.0, kind), model=model))
+            await trio.sleep(0)
+    spans = {kind: (start, end) for kind, start, end in threads.log}
+    assert spans["asr 1"] == (0.0, 1.0)
+    assert spans["tts"] == (0.0, 1.0)  # the second thread skips "asr 2", whose model is busy
+    assert spans["asr 2"][0] == 1.0 and spans["encode"][0] == 1.0
+    assert workers.busy == 0
+
+
+async def test_without_one_run_per_model_calls_on_one_model_overlap(autojump_clock: trio.testing.MockClock) -> None:
+    workers, threads = pool(2, one_run_per_model=False)
+    model = object()
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(lambda: workers.run(CpuWork(1.0), model=model))
+    assert trio.current_time() == pytest.approx(1.0)
+    assert workers.parallel_per_model == 2

@@ -12,8 +12,9 @@ most ``max_segment_seconds``; the pieces of the sessions waiting at that moment 
 ``decode_streams`` call (see ``batching``). sherpa-onnx really batches only SenseVoice and
 Paraformer (padded features through one model run), one batch at a time; for Moonshine and Whisper it
 decodes the streams one after the other, so a batch would only make everyone wait for the last
-utterance: their batches hold one utterance, and as many run at once as there are CPU workers, so
-every core decodes when several sessions finish together. Streaming families
+utterance: their batches hold one utterance, one at a time by default (``[workers]
+one_run_per_model``: overlapping runs of one model cost onnxruntime memory for good), else as many
+as there are CPU workers, so every core decodes when several sessions finish together. Streaming families
 (zipformer and paraformer online models) decode while the user speaks, so ``accept`` returns
 partial text and ``finish`` only has the last few hundred milliseconds left to do.
 
@@ -195,9 +196,10 @@ class SherpaAsr:
         self.streaming = files.family in STREAMING_FAMILIES
         self._retry_shifts = RETRY_SHIFTS.get(files.family, ())
         batch = options.max_batch or self.default_batch(files.family)
-        # Batches of one gain nothing from waiting for each other: run one per worker at once.
+        # Batches of one gain nothing from waiting for each other: run as many at once as the
+        # pool lets calls on one model run (one per worker, or one with one_run_per_model).
         self.batcher: Batcher[list[Samples], list[str]] = Batcher(
-            self.decode_batch, workers, max_batch=batch, parallel=workers.threads if batch == 1 else 1
+            self.decode_batch, workers, max_batch=batch, parallel=workers.parallel_per_model if batch == 1 else 1, model=recognizer
         )
 
     @staticmethod
@@ -297,7 +299,7 @@ class StreamingRecognition:
         if self._stream is None:
             self._stream = self._asr.recognizer.create_stream()
         self._broken = True
-        text = await self._asr.workers.run(self._asr.feed_online, self._stream, samples, False)
+        text = await self._asr.workers.run(self._asr.feed_online, self._stream, samples, False, model=self._asr.recognizer)
         self._broken = False
         self._fed += len(samples)
         if text and text != self._partial:
@@ -314,7 +316,7 @@ class StreamingRecognition:
             stream, fed = self._stream, self._fed
         # Whatever happens next, this object starts a new utterance afterwards.
         self._stream, self._fed, self._partial, self._broken = None, 0, "", False
-        return await self._asr.workers.run(self._asr.feed_online, stream, samples[fed:], True)
+        return await self._asr.workers.run(self._asr.feed_online, stream, samples[fed:], True, model=self._asr.recognizer)
 
 
 def load_asr(files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> SherpaAsr:

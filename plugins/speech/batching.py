@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 import outcome
@@ -59,6 +60,7 @@ class Batcher(Generic[T, R]):
         *,
         max_batch: int = 16,
         parallel: int = 1,
+        model: object = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -68,6 +70,7 @@ class Batcher(Generic[T, R]):
         self._workers = workers
         self._max_batch = max_batch
         self._parallel = parallel
+        self._model = model  # what the batches run on, for the pool (see CpuWorkers.run)
         self._queue: list[_Job[T, R]] = []
         self._running = 0  # batches running now
         self._finished = trio.Event()  # set when a running batch ends; replaced for the next
@@ -104,7 +107,7 @@ class Batcher(Generic[T, R]):
             self.stats.items += len(batch)
             self.stats.largest = max(self.stats.largest, len(batch))
             self.stats.sizes.append(len(batch))
-            result = await outcome.acapture(self._workers.run, self._run, [job.item for job in batch])
+            result = await outcome.acapture(partial(self._workers.run, model=self._model), self._run, [job.item for job in batch])
             if isinstance(result, outcome.Error) and not isinstance(result.error, Exception):
                 # Cancelled (or interrupted): the others go back to the front of the queue.
                 raise result.error

@@ -297,7 +297,7 @@ class SherpaTts:
             nursery.start_soon(self._forward, pieces_receive, send)
             with pieces_send:
                 try:
-                    await self._workers.run(self.generate, text, hand_over)
+                    await self._workers.run(self.generate, text, hand_over, model=self._tts)
                 except (
                     RuntimeError
                 ) as e:  # sherpa-onnx reports a failed synthesis this way
