@@ -26,6 +26,7 @@ from .registry import Plugins
 from .session.context import SessionServices
 from .store.context import StoreContext
 from .store.recordings import Recorder, recording_config
+from .talking import TalkingSessions
 from .workers import CpuWorkers
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class App:
     #: Why an optional backend is not in use (kind → message), for ``check`` and the log.
     unavailable: dict[str, BackendUnavailable] = field(default_factory=dict)
     sessions: LiveSessions = field(default_factory=LiveSessions)
+    #: Sessions in a conversation now (for ``[server] max_talking_sessions``).
+    talking: TalkingSessions = field(default_factory=lambda: TalkingSessions(60.0))
     #: Per-turn recordings, when ``[recording] enabled``.
     recorder: Recorder | None = None
     #: Checks each WebSocket handshake (the token, the device's binding); None: everyone may talk.
@@ -121,9 +124,11 @@ class App:
         recorder = None
         if recording.enabled:
             recorder = Recorder(context.data_dir / "recordings", int(recording.max_megabytes * 1024 * 1024))
+        talking = TalkingSessions(config.server.talking_window)
+        plugins.register(talking, name="xiaozhi_trio.talking")
         return cls(
             config=config, plugins=plugins, workers=workers, context=context, recorder=recorder,
-            unavailable=unavailable, **backends,
+            unavailable=unavailable, talking=talking, **backends,
         )
 
     def session_services(self) -> SessionServices:

@@ -45,6 +45,12 @@ class ServerConfig:
     data_dir: str = ""
     #: Connections beyond this are refused with HTTP 503.
     max_sessions: int = 1000
+    #: New connections while this many devices are in a conversation are refused with HTTP 503
+    #: ("server busy"), so the ones talking keep smooth replies; 0 = no limit. Size it from the
+    #: knee of ``bench/load.py`` (docs/benchmarks.md).
+    max_talking_sessions: int = 0
+    #: Seconds after its last speech or reply that a device stops counting as talking.
+    talking_window: float = 60.0
     #: Largest text or binary message accepted from a device, in bytes.
     max_message_bytes: int = 64 * 1024
     #: Seconds replies in flight may take to finish when the server is stopped (SIGTERM, Ctrl-C).

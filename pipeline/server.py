@@ -42,6 +42,9 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
         log.warning("rejected device %s: %d sessions is the configured maximum", handshake.device_id, app.sessions.count)
         await request.reject(503, body=b"server full")
         return
+    if _too_many_talking(app, handshake.device_id):
+        await request.reject(503, body=b"server busy: too many devices are talking; try again in a minute")
+        return
     ws = await request.accept()
     session = DeviceSession(app.session_services(), ws, handshake)
     scope = trio.CancelScope()
@@ -68,6 +71,20 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
                 await ws.aclose(code, reason[:120])
             except ConnectionClosed:
                 pass
+
+
+def _too_many_talking(app: App, device_id: str) -> bool:
+    """Whether a new device must wait: ``max_talking_sessions`` devices are in a conversation
+    (a device reconnecting to replace its own session is let in)."""
+    limit = app.config.server.max_talking_sessions
+    if not limit or device_id in app.sessions.by_device:
+        return False
+    talking = app.talking.count(trio.current_time())
+    if talking < limit:
+        return False
+    app.talking.refused += 1
+    log.warning("refused device %s: %d devices are talking, the configured most (max_talking_sessions)", device_id, talking)
+    return True
 
 
 async def serve_devices(app: App, host: str | None = None, port: int | None = None, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

@@ -173,10 +173,10 @@ class CpuWorkers:
         """Demand over capacity now: (running + queued calls) / threads; above 1, calls queue."""
         return (self._running + len(self._queue)) / self.threads
 
-    def check_saturation(self) -> None:
+    def check_saturation(self, now: float | None = None) -> None:
         """End a saturation episode that has calmed down (the pool checks on its own as calls
         start and end; a metrics scrape calls this too, so a pool gone idle reports it)."""
-        self._report(self.monitor.check(trio.current_time()))
+        self._report(self.monitor.check(trio.current_time() if now is None else now))
 
     # ---- the limiter side: called by the runner ----
 

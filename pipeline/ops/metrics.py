@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import prometheus_client
+import trio
 from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
@@ -35,6 +37,7 @@ from ..events import (
 )
 from ..hookspecs import hookimpl
 from ..tables import require
+from ..workers import WAIT_BUCKETS, CpuWorkers
 from .turns import RESPONSE, STAGES, StageLatency, TurnSummary, TurnTimer
 
 if TYPE_CHECKING:
@@ -199,6 +202,10 @@ class Metrics:
                 case _:
                     pass
 
+    def watch_load(self, app: Any) -> None:
+        """Expose the app's CPU worker pool and talking sessions, read at each scrape."""
+        self.registry.register(ServerLoad(app))
+
     # ---- the ops side ----------------------------------------------------------------------
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
@@ -218,3 +225,56 @@ class Metrics:
         for (OpenMetrics, or the Prometheus text format 0.0.4 by default)."""
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
+
+
+class ServerLoad:
+    """A prometheus-client collector for how loaded the server is, read when scraped: the CPU
+    worker pool (threads, busy, queued, saturation, queue waits per kind of work) and the
+    sessions in a conversation (and connections refused because there were too many)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def collect(self) -> Iterable[Metric]:
+        now = _now()
+        workers = self._app.workers
+        if isinstance(workers, CpuWorkers):
+            yield from self._workers(workers, now)
+        talking = self._app.talking
+        count = talking.count(now) if now is not None else 0
+        yield GaugeMetricFamily("xiaozhi_sessions_talking", "Sessions in a conversation now (spoke or were answered lately).", value=count)
+        yield CounterMetricFamily("xiaozhi_sessions_refused_busy", "Connections refused because max_talking_sessions devices were talking.", value=talking.refused)
+
+    def _workers(self, workers: CpuWorkers, now: float | None) -> Iterable[Metric]:
+        if now is not None:
+            workers.check_saturation(now)
+        yield GaugeMetricFamily("xiaozhi_cpu_workers", "Threads for CPU-heavy backend work.", value=workers.threads)
+        yield GaugeMetricFamily("xiaozhi_cpu_workers_busy", "CPU worker threads running a call now.", value=workers.busy)
+        yield GaugeMetricFamily("xiaozhi_cpu_calls_queued", "Calls waiting for a CPU worker thread now.", value=workers.waiting)
+        yield GaugeMetricFamily(
+            "xiaozhi_cpu_saturation", "CPU work demand over capacity now: (running + queued calls) / threads; above 1, calls queue.",
+            value=workers.saturation,
+        )
+        yield GaugeMetricFamily(
+            "xiaozhi_cpu_saturated", "1 while CPU work starts late (a saturation episode, logged when it starts and ends).",
+            value=1.0 if workers.monitor.saturated else 0.0,
+        )
+        waits = HistogramMetricFamily(
+            "xiaozhi_cpu_queue_wait_seconds", "How long calls waited for a CPU worker thread, by kind of work (speech_end, first_audio, playback...).",
+            labels=["kind"],
+        )
+        for kind, histogram in sorted(workers.waits.items()):
+            running, buckets = 0, []
+            for bound, count in zip((*WAIT_BUCKETS, float("inf")), histogram.counts):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            waits.add_metric([kind], buckets, histogram.total)
+        yield waits
+
+
+def _now() -> float | None:
+    """trio's clock, or None when not called from a trio run (a test rendering directly)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None

@@ -67,6 +67,7 @@ class OpsServices:
         observer plugin, and ``auth.refuse_reason`` as the handshake authorizer."""
         self.session_count = lambda: app.sessions.count
         app.plugins.register(self.metrics, name="xiaozhi_trio.metrics")
+        self.metrics.watch_load(app)
         app.authorize = self.auth.refuse_reason
 
     def close(self) -> None:
