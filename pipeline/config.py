@@ -97,6 +97,9 @@ class AudioConfig:
     downlink_frame_ms: int = 60
     #: How far ahead of real time the sender may run; well under the device's ~40-packet buffer.
     downlink_lead_ms: int = 180
+    #: A reply's next sentence is synthesized only once less than this much of its audio is ready
+    #: ahead of the device's playback (just in time; must cover a sentence's synthesis under load).
+    synthesis_lead_ms: int = 4000
     opus_bitrate: int = 24000
 
 

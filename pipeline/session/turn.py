@@ -178,6 +178,7 @@ async def _reply(ctx: SessionContext, start: StartTurn, tally: _Tally, tools: To
                 services.tts,
                 audio.downlink_sample_rate,
                 runway,
+                lead=audio.synthesis_lead_ms / 1000,
                 on_sentence=on_sentence,
                 on_error=on_error("tts"),
             )

@@ -23,20 +23,25 @@ async def synthesize(
     output_rate: int,
     runway: Runway,
     *,
+    lead: float,
     on_sentence: Callable[[Sentence], None],
     on_error: Callable[[BackendError], None],
 ) -> None:
     """Speak each sentence as its audio is produced (chunk by chunk, resampled on the fly).
 
+    Just in time: a sentence is only started once less than ``lead`` seconds of the reply are
+    ready ahead of the device's playback, so a long story holds neither a worker nor memory for
+    audio nobody hears yet (and a barge-in throws little work away). Its synthesis is due when
+    ``runway`` says: the first at once, later ones when the device would otherwise run dry.
     A sentence that fails to synthesize is still shown on the device (its marks go out without
-    audio); the reply goes on with the next sentence. Its synthesis is due when ``runway`` says:
-    the first at once, later ones when the device would otherwise run out of audio.
+    audio); the reply goes on with the next sentence.
     """
     with receive, send:
         async for item in receive:
             if isinstance(item, Emotion):
                 await send.send(item)
                 continue
+            await _wait_for_room(runway, lead)
             on_sentence(item)
             await send.send(SentenceStart(item.text))
             try:
@@ -45,6 +50,12 @@ async def synthesize(
             except* BackendError as group:
                 on_error(group.exceptions[0])  # type: ignore[arg-type]
             await send.send(SentenceEnd(item.text))
+
+
+async def _wait_for_room(runway: Runway, lead: float) -> None:
+    """Sleep until less than ``lead`` seconds of audio are ready ahead of playback."""
+    while (ahead := runway.ahead(trio.current_time())) > lead:
+        await trio.sleep(max(ahead - lead, 0.01))  # (a float remainder must not spin)
 
 
 async def _speak(text: str, tts: SpeechSynthesizer, output_rate: int, send: trio.MemorySendChannel[SpeechOutput]) -> None:
