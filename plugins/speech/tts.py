@@ -49,6 +49,9 @@ LONG_SENTENCE = 120
 MIN_PART = 40
 _CLAUSE_MARKS = frozenset(",;:")
 
+#: Spoken once at load (see ``load_tts``): about 100 characters, one clause.
+WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog while the old farmer walks slowly home across the hills."
+
 #: espeak-ng keeps global state: one phonemization at a time in the whole process.
 _espeak_lock = threading.Lock()
 
@@ -324,7 +327,13 @@ def load_tts(files: ModelFiles, workers: CpuWorkers, options: TtsOptions) -> She
         raise ConfigError(
             f"[tts] speaker {options.speaker} does not exist: {files.name} has {tts.num_speakers} speaker(s)"
         )
-    return SherpaTts(tts, files, workers, options)
+    voice = SherpaTts(tts, files, workers, options)
+    if files.family in PHONEME_FAMILIES:
+        # Warm up on a sentence as long as the splitter's longest, with no comma to cut it: the
+        # voice's working memory grows with the longest piece it has made and is kept for good,
+        # so it is taken to its working size now and stays flat under load (docs/benchmarks.md).
+        voice.generate(WARM_UP_TEXT, lambda samples: True)
+    return voice
 
 
 def create_tts(context: BackendContext, options: Mapping[str, Any]) -> SherpaTts:

@@ -38,6 +38,13 @@ def package_dir() -> Path:
     return Path(str(package_files("moonshine_cpp").joinpath("models", "base-en")))
 
 
+def sample_speech() -> Path | None:
+    """The 10 s of English speech that ships beside the weights (``test-data/beckett.wav``), if
+    the installed package has it."""
+    path = Path(str(package_files("moonshine_cpp").joinpath("test-data", "beckett.wav")))
+    return path if path.is_file() else None
+
+
 def parse_tokenizer(data: bytes) -> list[bytes]:
     """The tokens of a Moonshine ``tokenizer.bin``, in id order, as raw bytes.
 
