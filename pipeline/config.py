@@ -46,8 +46,8 @@ class ServerConfig:
     #: Connections beyond this are refused with HTTP 503.
     max_sessions: int = 1000
     #: New connections while this many devices are in a conversation are refused with HTTP 503
-    #: ("server busy"), so the ones talking keep smooth replies; 0 = no limit. Size it from the
-    #: knee of ``bench/load.py`` (docs/benchmarks.md).
+    #: ("server busy"), so the ones talking keep smooth replies; 0 = no limit. Size it from a
+    #: load run on the machine (docs/benchmarks.md).
     max_talking_sessions: int = 0
     #: Seconds after its last speech or reply that a device stops counting as talking.
     talking_window: float = 60.0
