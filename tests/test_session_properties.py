@@ -26,6 +26,8 @@ single_actions = st.one_of(
     st.tuples(st.just("stop")),
     st.tuples(st.just("abort")),
     st.tuples(st.just("detect")),
+    # A typed message (browser clients): answered like speech, interrupting any reply.
+    st.tuples(st.just("type"), st.sampled_from(PHRASES)),
     st.tuples(st.just("pause"), st.sampled_from([0.05, 0.5, 3.0])),
 )
 #: A whole exchange (listen, a question, perhaps an interruption mid-reply), so that most scripts
@@ -34,7 +36,7 @@ exchanges = st.tuples(
     st.tuples(st.just("listen"), st.sampled_from(["auto", "manual", "realtime"])),
     st.tuples(st.just("speak"), st.sampled_from(PHRASES), st.just(1.0), st.sampled_from([0.5, 2.0])),
     st.one_of(st.tuples(st.just("stop")), st.tuples(st.just("pause"), st.sampled_from([0.1, 1.5]))),
-    st.sampled_from([("abort",), ("detect",), ("pause", 0.5)]),
+    st.sampled_from([("abort",), ("detect",), ("type", "stop"), ("pause", 0.5)]),
 )
 scripts = st.lists(st.one_of(exchanges, st.tuples(single_actions)), min_size=1, max_size=6).map(
     lambda groups: [action for group in groups for action in group]
@@ -48,7 +50,8 @@ class Downlink:
     speaking: bool = False
     starts: int = 0
     stops: int = 0
-    #: trio time an abort/detect was sent while speaking (until the next tts stop).
+    #: trio time an abort, wake word or typed message was sent while speaking (until the next
+    #: tts stop).
     interrupted_at: float | None = None
     violations: list[str] = field(default_factory=list)
 
@@ -93,10 +96,16 @@ async def test_any_device_behaviour_keeps_the_invariants(tmp_path, autojump_cloc
                         await device.speak(speech(phrase, seconds), trailing_silence=silence)
                     case ("stop",):
                         await device.listen_stop()
-                    case ("abort",) | ("detect",):
+                    case ("abort",) | ("detect",) | ("type", _):
                         if downlink.speaking and downlink.interrupted_at is None:
                             downlink.interrupted_at = trio.current_time()
-                        await (device.abort() if action[0] == "abort" else device.wake_word("hi xiaozhi"))
+                        match action:
+                            case ("abort",):
+                                await device.abort()
+                            case ("detect",):
+                                await device.wake_word("你好小智")
+                            case ("type", phrase):
+                                await device.send_text(phrase)
                     case ("pause", seconds):
                         await trio.sleep(seconds)
             if not disconnect_early:
