@@ -78,12 +78,16 @@ class ControllerMachine(RuleBasedStateMachine):
         self.owed: tuple[str | None, str | None] | None = None
         self.closing = False
         self.ended = False
+        # A wake word was just greeted: the listen start that follows it keeps the greeting.
+        self.greeting_awaits_listen = False
 
     # ----------------------------------------------------------------------------------------
     # The shell: execute actions, checking each against the protocol's rules
     # ----------------------------------------------------------------------------------------
 
     def feed(self, event: object) -> list[Action]:
+        if not isinstance(event, (TurnFinished, Tick, ListenStart)):
+            self.greeting_awaits_listen = False
         actions = self.controller.handle(event)  # type: ignore[arg-type]
         for action in actions:
             assert not self.ended, f"{action} after the session ended"
@@ -145,8 +149,12 @@ class ControllerMachine(RuleBasedStateMachine):
     def listen_start(self, mode: str) -> None:
         live, cancelled = self._before()
         self.mode = mode
+        keeps_greeting, self.greeting_awaits_listen = self.greeting_awaits_listen, False
         actions = self.feed(ListenStart(mode))
-        self.expect_interrupt(actions, live, cancelled)
+        if keeps_greeting:
+            assert actions == [], "the firmware's listen start after its wake word keeps the greeting"
+        else:
+            self.expect_interrupt(actions, live, cancelled)
         assert _starts(actions) == []
 
     @precondition(lambda self: not self.ended)
@@ -163,6 +171,7 @@ class ControllerMachine(RuleBasedStateMachine):
         self.expect_interrupt(actions, live, cancelled)
         if self.settings.wake_word_greeting:
             self.expect_request(actions, None, self.settings.wake_word_greeting, live)
+            self.greeting_awaits_listen = not self.closing
         else:
             assert _starts(actions) == []
 
@@ -357,6 +366,20 @@ def test_speech_postpones_the_idle_deadline():
     controller.handle(UserSpeechStarted("auto", 50))
     assert controller.idle_deadline == 110
     assert controller.handle(Tick(100)) == []
+
+
+def test_the_listen_start_after_a_wake_word_keeps_the_greeting_but_a_later_one_does_not():
+    controller = Controller(ControllerSettings(wake_word_greeting="Yes?"), now=0)
+    assert controller.handle(WakeWordDetected("你好小智")) == [StartTurn(1, fixed_reply="Yes?")]
+    assert controller.handle(ListenStart("auto")) == []  # the firmware's own sequence
+    assert controller.handle(ListenStart("manual")) == [CancelTurn(1, "listening again")]
+
+
+def test_any_input_between_the_wake_word_and_listen_start_ends_the_exemption():
+    controller = Controller(ControllerSettings(wake_word_greeting="Yes?"), now=0)
+    controller.handle(WakeWordDetected(""))
+    controller.handle(ListenStop())
+    assert controller.handle(ListenStart("auto")) == [CancelTurn(1, "listening again")]
 
 
 @pytest.mark.parametrize("greeting, expected", [("Yes?", [StartTurn(1, fixed_reply="Yes?")]), ("", [])])

@@ -9,6 +9,7 @@ from xiaozhi_trio.pipeline.events import TurnEnded
 from xiaozhi_trio.pipeline.messages import TypedText, WakeWordDetected
 from xiaozhi_trio.pipeline.session.reader import WakeWords
 
+from .fakes.backends import speech
 from .harness import make_app, open_device
 
 
@@ -36,6 +37,21 @@ async def test_a_wake_word_is_greeted_and_not_sent_to_the_agent(tmp_path, autoju
     assert reply.sentences == ["I'm here."]
     assert reply.packets
     assert fakes.agent.requests == []
+
+
+async def test_the_firmware_listens_while_it_is_greeted(tmp_path, autojump_clock):
+    """The firmware sends its wake word and then ``listen start`` at once: the greeting plays,
+    then the question asked after it is answered."""
+    app, fakes, events = make_app(tmp_path, wake_word_greeting="I'm here.")
+    fakes.agent.answers["what time is it"] = "It is noon."
+    async with open_device(app) as device:
+        await device.wake_word("你好小智")
+        await device.listen_start("auto")
+        greeting = await device.receive_reply()
+        answer, _ = await device.ask(speech("what time is it"))
+    assert greeting.sentences == ["I'm here."] and greeting.packets
+    assert answer.stt == "what time is it" and answer.sentences == ["It is noon."]
+    assert [e.outcome for e in events.of(TurnEnded)] == ["completed", "completed"]
 
 
 async def test_without_a_greeting_a_wake_word_says_nothing(tmp_path, autojump_clock):

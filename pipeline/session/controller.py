@@ -252,6 +252,9 @@ class Controller:
         self.live_turn: int | None = None
         self._cancel_sent = False
         self._pending: _Request | None = None
+        #: A wake word was just greeted: the firmware's own ``listen start`` that follows it must
+        #: not cancel the greeting (any other input in between ends this).
+        self._greeting_awaits_listen = False
         self._last_activity = now
         #: Why the session is ending, once it is (no new turns from then on).
         self.closing: str | None = None
@@ -270,15 +273,21 @@ class Controller:
         """Take one input; return what the shell must do now, in order."""
         if self.ended:
             return []
+        greeting_awaits_listen = self._greeting_awaits_listen
+        if not isinstance(event, (TurnFinished, Tick)):
+            self._greeting_awaits_listen = False
         match event:
             case ListenStart():
+                if greeting_awaits_listen:
+                    return []  # the device listens while it is greeted, as after any wake word
                 return self._interrupt("listening again")
             case ListenStop():
                 return []
             case WakeWordDetected():
                 actions = self._interrupt("wake word")
-                if self.settings.wake_word_greeting:
+                if self.settings.wake_word_greeting and self.closing is None:
                     actions += self._request(_Request(fixed_reply=self.settings.wake_word_greeting))
+                    self._greeting_awaits_listen = True
                 return actions
             case Abort():
                 return self._interrupt("abort")
