@@ -143,6 +143,7 @@ class App:
             server_tools=self.plugins.tools,
             observe=self.plugins.emit,
             recorder=self.recorder,
+            turn=self.turn,
         )
 
     async def aclose(self) -> None:

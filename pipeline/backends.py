@@ -99,9 +99,11 @@ class VadStream(Protocol):
 class VoiceActivityDetector(Protocol):
     sample_rate: int
 
-    def open_stream(self) -> VadStream:
+    def open_stream(self, min_silence_ms: float | None = None) -> VadStream:
         """A fresh per-session stream. Called in a worker thread (``CpuWorkers``) when a session
-        first listens, so it may be slow (load or copy a model)."""
+        first listens, so it may be slow (load or copy a model). ``min_silence_ms`` overrides the
+        configured silence that ends an utterance (the turn policy wants short pauses reported);
+        it is only ever passed when a turn detector is in use."""
         ...
 
 

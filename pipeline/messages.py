@@ -90,6 +90,19 @@ class SpeechEnded:
     audio: PcmChunk
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechPaused:
+    """The user paused mid-utterance; the turn may or may not be over. ``audio`` is the utterance
+    so far (what a recognizer may start decoding while the turn detector decides)."""
+
+    audio: PcmChunk
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """The user spoke again after a ``SpeechPaused``: the same utterance goes on."""
+
+
 VadEvent = SpeechStarted | SpeechEnded
 
 

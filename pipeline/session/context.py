@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from ..backends import Agent, SpeechRecognizer, SpeechSynthesizer, VoiceActivityDetector
+from ..backends import Agent, SpeechRecognizer, SpeechSynthesizer, TurnDetector, VoiceActivityDetector
 from ..config import Config
 from ..events import SessionEvent
 from ..protocol.outbox import Outbox
@@ -40,6 +40,8 @@ class SessionServices:
     observe: EventSink
     #: Per-turn recordings, when ``[recording] enabled``.
     recorder: Recorder | None = None
+    #: The end-of-turn detector (None: the VAD's silence window ends turns).
+    turn: TurnDetector | None = None
 
 
 @dataclass(frozen=True)

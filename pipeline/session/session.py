@@ -28,6 +28,7 @@ from ..protocol.outbox import DeviceNotReading, Outbox
 from ..protocol.tools import SessionTools
 from ..stages.asr import RecognizerOutput, recognize
 from ..stages.listen import UtteranceDetector, UtteranceOutput, detect_utterances
+from ..stages.turn_policy import TurnTiming
 from ..stages.uplink import decode_uplink
 from .bad_input import BadInput
 from .context import SessionContext, SessionServices
@@ -136,10 +137,12 @@ class DeviceSession:
             repeat_hello=self._send_server_hello,
             mcp=self._mcp,
         )
-        detector = UtteranceDetector(services.vad.open_stream)
+        policy = self.config.turn_policy
+        timing = TurnTiming.from_config(policy) if services.turn is not None else None
+        detector = UtteranceDetector(services.vad.open_stream, turn=timing, turn_modes=policy.modes)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(decode_uplink, uplink_receive, pcm_send, lambda e: self.bad_input.warn("bad_audio", f"undecodable audio packet dropped: {e}"))
-            nursery.start_soon(detect_utterances, pcm_receive, utterance_send, detector, services.workers)
+            nursery.start_soon(detect_utterances, pcm_receive, utterance_send, detector, services.workers, services.turn)
             nursery.start_soon(recognize, utterance_receive, inbox_send.clone(), services.asr, self._on_speech_end)
             nursery.start_soon(keep_alive, self.ctx.outbox, self.session_id, self.config.session.keepalive_interval)
             if self._mcp is not None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..config import TurnPolicyConfig
+
 
 @dataclass(frozen=True)
 class TurnTiming:
@@ -25,6 +27,10 @@ class TurnTiming:
     max_silence: float = 1.6
     recheck: float = 0.4
     threshold: float = 0.5
+
+    @classmethod
+    def from_config(cls, config: TurnPolicyConfig) -> TurnTiming:
+        return cls(config.pause_ms / 1000, config.max_silence_ms / 1000, config.recheck_ms / 1000, config.threshold)
 
     def __post_init__(self) -> None:
         if not 0 < self.pause <= self.max_silence or self.recheck <= 0 or not 0 < self.threshold < 1:

@@ -19,6 +19,7 @@ them instead of paying again on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -296,10 +297,13 @@ class SileroVad:
         # Load one model now: a broken file fails at start-up, and the first session is quick.
         self._pool.release(self._pool.acquire())
 
-    def open_stream(self) -> SileroVadStream:
-        """A new, independent stream; its model returns to the pool when the stream is dropped."""
+    def open_stream(self, min_silence_ms: float | None = None) -> SileroVadStream:
+        """A new, independent stream; its model returns to the pool when the stream is dropped.
+
+        ``min_silence_ms`` replaces the configured silence window for this stream."""
         model = self._pool.acquire()
-        stream = SileroVadStream(model, self.options)
+        options = self.options if min_silence_ms is None else dataclasses.replace(self.options, min_silence_ms=min_silence_ms)
+        stream = SileroVadStream(model, options)
         weakref.finalize(stream, self._pool.release, model)
         return stream
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, BackendError
+from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext, BackendError, TurnVerdict
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import AgentText, PcmChunk, Samples, SpeechEnded, SpeechStarted, VadEvent
 
@@ -123,9 +123,10 @@ class FakeVad:
     preroll: float = 0.1
     streams_opened: int = 0
 
-    def open_stream(self) -> EnergyVadStream:
+    def open_stream(self, min_silence_ms: float | None = None) -> EnergyVadStream:
         self.streams_opened += 1
-        return EnergyVadStream(self.threshold, self.min_speech, self.min_silence, self.preroll)
+        silence = self.min_silence if min_silence_ms is None else min_silence_ms / 1000
+        return EnergyVadStream(self.threshold, self.min_speech, silence, self.preroll)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +239,32 @@ class FakeTts:
 
 
 # --------------------------------------------------------------------------------------------
+# Turn detection
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTurn:
+    """Hears the phrase before the pause (the utterance's last second) and calls the turn
+    finished when it is one of ``finished``; takes ``delay`` seconds, like a model in a worker."""
+
+    sample_rate: int = RATE
+    finished: set[str] = field(default_factory=set)
+    delay: float = 0.05
+    fail: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    async def predict(self, utterance: PcmChunk) -> TurnVerdict:
+        await trio.sleep(self.delay)
+        if self.fail:
+            raise BackendError("turn model exploded", kind="turn_test")
+        phrase = hear(utterance.samples[-RATE:])
+        self.asked.append(phrase)
+        probability = 0.9 if phrase in self.finished else 0.1
+        return TurnVerdict(probability, probability > 0.5)
+
+
+# --------------------------------------------------------------------------------------------
 # The plugin
 # --------------------------------------------------------------------------------------------
 
@@ -250,6 +277,7 @@ class FakeBackends:
     asr: FakeAsr = field(default_factory=FakeAsr)
     agent: FakeAgent = field(default_factory=FakeAgent)
     tts: FakeTts = field(default_factory=FakeTts)
+    turn: FakeTurn = field(default_factory=FakeTurn)
 
     @hookimpl
     def xiaozhi_register_backends(self, registry: Any) -> None:
@@ -263,3 +291,4 @@ class FakeBackends:
         registry.add("asr", "fake", factory(self.asr), description="pitch-to-phrase recognizer (tests)")
         registry.add("agent", "fake", factory(self.agent), description="scripted agent (tests)")
         registry.add("tts", "fake", factory(self.tts), description="tone synthesizer (tests)")
+        registry.add("turn", "fake", factory(self.turn), description="phrase-list turn detector (tests)")
