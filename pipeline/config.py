@@ -119,8 +119,8 @@ class TurnPolicyConfig:
     max_silence_ms: float = 1600.0
     #: While the detector says "not finished", ask again after this much more silence.
     recheck_ms: Annotated[float, Between(0, None, exclusive_low=True)] = 400.0
-    #: Probability of "finished" at which the turn ends.
-    threshold: Annotated[float, Between(0, 1, exclusive_low=True)] = 0.5
+    #: Probability of "finished" at which the turn ends (0.8: see docs/turn-taking.md).
+    threshold: Annotated[float, Between(0, 1, exclusive_low=True)] = 0.8
     #: Listen modes that use the detector; the others keep the VAD's own silence window
     #: (``manual`` ends with ``listen stop`` anyway).
     modes: tuple[Annotated[str, OneOf(*LISTEN_MODES)], ...] = ("auto", "realtime")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soxr
 
 from xiaozhi_trio.pipeline.app import App
 from xiaozhi_trio.pipeline.backends import BackendContext, BackendUnavailable, ConfigError
@@ -18,7 +19,8 @@ from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.speech import turn as smart_turn
 from xiaozhi_trio.plugins.speech.turn import MODEL_NAME, SmartTurn, SmartTurnOptions, create_turn_detector, load_session
 
-from .contracts.turn_clips import broken_off, piper
+from .contracts.speech import spoken
+from .contracts.turn_clips import broken_off
 from .harness import fake_config, make_app
 
 MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
@@ -161,19 +163,18 @@ def test_check_fails_on_a_corrupt_model(cli_dir: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.models
 async def test_the_real_model_tells_a_finished_question_from_one_broken_off() -> None:
+    """espeak-ng speech (deterministic): a whole question, and one cut at its comma's pause."""
     detector = SmartTurn(load_session(installed_model()), CpuWorkers(1))
     quiet = np.zeros(3200, np.float32)  # the 200 ms pause at which the policy asks
-    finished = np.concatenate([quiet, piper("Can you tell me a joke?"), quiet])
-    text = "I was wondering, if you could help me."
-    broken = broken_off(text, "en", "piper", piper(text), 0.6)
+    finished = np.concatenate([quiet, spoken("Can you tell me a joke?", "en-us", 150), quiet])
+    text = "I would like to know, the weather in Shanghai."
+    broken = broken_off(text, "en", "en-us", spoken(text, "en-us", 150), 0.6)
     unfinished = np.concatenate([quiet, broken.before_pause, quiet])
     complete = await detector.predict(PcmChunk(finished, 16000))
     incomplete = await detector.predict(PcmChunk(unfinished, 16000))
     assert complete.complete and complete.probability > 0.8, complete
     assert not incomplete.complete and incomplete.probability < 0.2, incomplete
     # Another rate is resampled, with the same verdicts.
-    import soxr
-
     at_24k = soxr.resample(unfinished, 16000, 24000).astype(np.float32)
     assert not (await detector.predict(PcmChunk(at_24k, 24000))).complete
     assert detector.calls == 3 and detector.seconds > 0

@@ -26,7 +26,7 @@ class TurnTiming:
     pause: float = 0.2
     max_silence: float = 1.6
     recheck: float = 0.4
-    threshold: float = 0.5
+    threshold: float = 0.8
 
     @classmethod
     def from_config(cls, config: TurnPolicyConfig) -> TurnTiming:
