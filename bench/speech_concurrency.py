@@ -104,8 +104,10 @@ class FixedAnswer(FakeAgent):
         return ANSWER
 
 
-def _server_main(data_dir: str, conn: Connection) -> None:
-    """Build the app with the real speech backends and the fixed agent; serve until told to stop."""
+def _server_main(data_dir: str, conn: Connection, tables: dict[str, dict[str, Any]] | None = None) -> None:
+    """Build the app with the real speech backends and the fixed agent; serve until told to stop.
+
+    ``tables`` replaces whole config tables (``{"turn": {...}}``)."""
     logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
     from xiaozhi_trio.pipeline.app import App
     from xiaozhi_trio.pipeline.config import parse_config
@@ -114,7 +116,7 @@ def _server_main(data_dir: str, conn: Connection) -> None:
     from tests.fakes.backends import FakeBackends
 
     kinds = {"vad": "silero", "asr": "sherpa-onnx", "agent": "fake", "tts": "sherpa-onnx"}
-    config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}})
+    config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}, **(tables or {})})
     recorder = TurnRecorder()
     app = App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=FixedAnswer()), recorder]))
     trio.run(_serve, app, recorder, conn)
@@ -160,13 +162,14 @@ async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
 class SpeechServer:
     """The server in a child process: ``with SpeechServer(data_dir) as server: server.url``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, tables: dict[str, dict[str, Any]] | None = None) -> None:
         self.data_dir = data_dir
+        self.tables = tables or {}
 
     def __enter__(self) -> Self:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self.process = context.Process(target=_server_main, args=(str(self.data_dir), child), daemon=True)
+        self.process = context.Process(target=_server_main, args=(str(self.data_dir), child, self.tables), daemon=True)
         self.process.start()
         child.close()
         if not self._conn.poll(STARTUP_TIMEOUT):
