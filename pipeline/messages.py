@@ -116,6 +116,16 @@ class UtteranceStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechProgress:
+    """How far the utterance in progress has got: its length so far and, from a streaming
+    recognizer, the words heard so far (None: none known). Lets barge-in ignore coughs and
+    backchannels."""
+
+    seconds: float
+    words: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
     """The final text of one utterance. ``speech_ended_at`` is trio time at the end of speech."""
 

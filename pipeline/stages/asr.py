@@ -21,6 +21,7 @@ from ..messages import (
     SpeechAudio,
     SpeechEnded,
     SpeechPaused,
+    SpeechProgress,
     SpeechResumed,
     Transcript,
     UplinkControl,
@@ -32,7 +33,7 @@ from .listen import UtteranceOutput
 
 log = logging.getLogger(__name__)
 
-RecognizerOutput = UtteranceStarted | Transcript | RecognitionFailed | UplinkControl
+RecognizerOutput = UtteranceStarted | SpeechProgress | Transcript | RecognitionFailed | UplinkControl
 
 
 class Speculation:
@@ -88,6 +89,8 @@ async def recognize(
     """
     stream: RecognitionStream | None = None
     speculation: Speculation | None = None
+    heard_seconds = 0.0  # the utterance's length so far
+    partial: str | None = None
     streaming = bool(getattr(recognizer, "streaming", False))
 
     def drop_speculation() -> None:
@@ -104,11 +107,13 @@ async def recognize(
                         case UtteranceStarted(audio=audio):
                             drop_speculation()
                             await send.send(item)  # the controller may barge in on it
-                            stream = recognizer.open_stream()
-                            await _accept(stream, audio)
+                            stream, heard_seconds, partial = recognizer.open_stream(), audio.duration, None
+                            partial = await _accept(stream, audio) or partial
                         case SpeechAudio(audio=audio):
+                            heard_seconds += audio.duration
                             if stream is not None:
-                                await _accept(stream, audio)
+                                partial = await _accept(stream, audio) or partial
+                            await send.send(SpeechProgress(heard_seconds, partial))
                         case SpeechPaused(audio=audio):
                             drop_speculation()
                             if not streaming:
