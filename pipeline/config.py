@@ -76,6 +76,15 @@ class SessionConfig:
     #: Listen modes in which new speech interrupts the reply ("realtime" needs the device's AEC);
     #: push-to-talk ("manual") never barges in.
     barge_in_modes: tuple[str, ...] = ("realtime",)
+    #: Speech over a reply interrupts it only once it is real speech (not a cough, a click or an
+    #: "uh-huh"); false: any speech interrupts at its start.
+    barge_in_ignores_noise: bool = True
+    #: ... at least this much voice (20 ms frames within 20 dB of the utterance's loudest) ...
+    barge_in_min_voiced_ms: float = 600.0
+    #: ... and, where the recognizer gives words, at least this many (a Chinese character is one).
+    barge_in_min_words: int = 2
+    #: Acknowledgements that never interrupt, besides the built-in English and Chinese ones.
+    backchannels: tuple[str, ...] = ()
     #: ``listen detect`` texts that are the device's wake word (compared ignoring case, spaces and
     #: punctuation); any other text is a message the user typed, answered like speech.
     wake_words: tuple[str, ...] = ("你好小智", "你好小志", "小智小智", "hi xiaozhi", "hey xiaozhi", "hi esp", "hey esp", "hi lexin", "嗨乐鑫", "alexa")

@@ -117,12 +117,14 @@ class UtteranceStarted:
 
 @dataclass(frozen=True, slots=True)
 class SpeechProgress:
-    """How far the utterance in progress has got: its length so far and, from a streaming
+    """How far the utterance in progress has got: its voiced seconds so far and, from a streaming
     recognizer, the words heard so far (None: none known). Lets barge-in ignore coughs and
     backchannels."""
 
     seconds: float
     words: str | None = None
+    #: The listen mode the utterance was heard in.
+    mode: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xiaozhi_trio.pipeline.stages.interruptions import BACKCHANNELS, InterruptionRule, count_words, normalize
+from xiaozhi_trio.pipeline.session.interruptions import BACKCHANNELS, InterruptionRule, count_words, normalize
 
 RULE = InterruptionRule(min_voiced_seconds=0.6, min_words=2)
 

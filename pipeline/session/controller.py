@@ -5,7 +5,7 @@ at a time (what the device said, what the recognizer heard, that a turn finished
 and executes the actions it returns, in order::
 
     inputs:  ListenStart  ListenStop  WakeWordDetected  Abort  TypedText  UserSpeechStarted
-             Transcript  RecognitionFailed  TurnFinished  Tick  DeviceGone
+             UserSpeechProgress  Transcript  RecognitionFailed  TurnFinished  Tick  DeviceGone
     actions: SendStt  StartTurn  CancelTurn  SendTtsStop  ReportTurnEnded  EndSession
 
 The controller owns turn numbering, which turn is live, each turn's outcome and the idle deadline.
@@ -44,6 +44,16 @@ class UserSpeechStarted:
 
     mode: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpeechProgress:
+    """The user's utterance in progress, heard in ``mode``: ``seconds`` long so far, and the
+    ``words`` a streaming recognizer has heard (None: none known)."""
+
+    mode: str
+    seconds: float
+    words: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,7 @@ ControllerInput = (
     | WakeWordDetected
     | Abort
     | UserSpeechStarted
+    | UserSpeechProgress
     | Transcript
     | RecognitionFailed
     | TypedText
@@ -177,6 +188,10 @@ class BargeIn(Protocol):
         """True: cancel the reply now. False: let it play (the transcript may still replace it)."""
         ...
 
+    def interrupts_later(self, progress: UserSpeechProgress) -> bool:
+        """The speech that did not interrupt at its start has grown: cancel the reply now?"""
+        ...
+
     def replaces_reply(self, transcript: Transcript) -> bool:
         """A transcript arrived while a reply plays on (not cancelled). True: answer it, replacing
         the reply. False: it was a backchannel ("uh-huh"); the reply goes on, nothing is lost."""
@@ -193,6 +208,9 @@ class BargeInOnSpeechStart:
 
     def interrupts(self, speech: UserSpeechStarted) -> bool:
         return speech.mode != "manual" and speech.mode in self.modes
+
+    def interrupts_later(self, progress: UserSpeechProgress) -> bool:
+        return False  # whatever interrupts did so at the start
 
     def replaces_reply(self, transcript: Transcript) -> bool:
         return True
@@ -219,8 +237,19 @@ class ControllerSettings:
 
     @classmethod
     def from_config(cls, session: SessionConfig) -> ControllerSettings:
+        # Imported here: the noise rule's module builds on this one's input types.
+        from .interruptions import BACKCHANNELS, BargeInIgnoringNoise, InterruptionRule, normalize
+
+        barge_in: BargeIn = BargeInOnSpeechStart(session.barge_in_modes)
+        if session.barge_in_ignores_noise:
+            rule = InterruptionRule(
+                min_voiced_seconds=session.barge_in_min_voiced_ms / 1000,
+                min_words=session.barge_in_min_words,
+                backchannels=BACKCHANNELS | {normalize(word) for word in session.backchannels},
+            )
+            barge_in = BargeInIgnoringNoise(session.barge_in_modes, rule)
         return cls(
-            barge_in=BargeInOnSpeechStart(session.barge_in_modes),
+            barge_in=barge_in,
             idle_timeout=session.idle_timeout,
             goodbye_text=session.goodbye_text,
             apology_text=session.apology_text,
@@ -294,6 +323,10 @@ class Controller:
             case UserSpeechStarted(at=at):
                 self._last_activity = max(self._last_activity, at)
                 if self.live_turn is not None and self.settings.barge_in.interrupts(event):
+                    return self._interrupt("barge-in")
+                return []
+            case UserSpeechProgress():
+                if self.live_turn is not None and not self._cancel_sent and self.settings.barge_in.interrupts_later(event):
                     return self._interrupt("barge-in")
                 return []
             case Transcript(text=text, speech_ended_at=at, audio=utterance):

@@ -20,7 +20,19 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from ..events import SessionClosed, SessionError, SessionOpened, SpeechEndDetected, TranscriptReady, TurnEnded, TurnStarted
-from ..messages import Abort, DeviceHello, OpusPacket, PcmChunk, RecognitionFailed, SpeechEnded, Transcript, TypedText, UplinkControl, UtteranceStarted
+from ..messages import (
+    Abort,
+    DeviceHello,
+    OpusPacket,
+    PcmChunk,
+    RecognitionFailed,
+    SpeechEnded,
+    SpeechProgress,
+    Transcript,
+    TypedText,
+    UplinkControl,
+    UtteranceStarted,
+)
 from ..protocol import device_messages as dm
 from ..protocol.handshake import Handshake
 from ..protocol.mcp import McpClient
@@ -46,6 +58,7 @@ from .controller import (
     StartTurn,
     Tick,
     TurnFinished,
+    UserSpeechProgress,
     UserSpeechStarted,
 )
 from .device_tools import initialize_mcp, open_tools
@@ -187,6 +200,8 @@ class DeviceSession:
         match item:
             case UtteranceStarted(mode=mode):
                 return UserSpeechStarted(mode, trio.current_time())
+            case SpeechProgress(seconds=seconds, words=words, mode=mode):
+                return UserSpeechProgress(mode, seconds, words)
             case Transcript(text=text, speech_ended_at=ended_at):
                 self.ctx.emit(TranscriptReady, text=text, speech_ended_at=ended_at)
             case RecognitionFailed(kind=kind, message=message):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import trio
 
 from ..backends import BackendError, RecognitionStream, SpeechRecognizer
@@ -34,6 +35,28 @@ from .listen import UtteranceOutput
 log = logging.getLogger(__name__)
 
 RecognizerOutput = UtteranceStarted | SpeechProgress | Transcript | RecognitionFailed | UplinkControl
+
+
+class VoiceMeter:
+    """Voiced seconds of an utterance: 20 ms frames within 20 dB of its loudest frame so far
+    (the VAD has already judged it speech; this leaves out its pre-roll and trailing silence)."""
+
+    FRAME = 0.02
+    RANGE = 0.1  # -20 dB in RMS
+
+    def __init__(self) -> None:
+        self.loudest = 0.01
+        self.seconds = 0.0
+
+    def feed(self, audio: PcmChunk) -> float:
+        size = max(1, round(self.FRAME * audio.sample_rate))
+        count = len(audio.samples) // size
+        if count:
+            frames = audio.samples[: count * size].reshape(count, size)
+            levels = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+            self.loudest = max(self.loudest, float(levels.max()))
+            self.seconds += float(np.count_nonzero(levels >= self.RANGE * self.loudest)) * size / audio.sample_rate
+        return self.seconds
 
 
 class Speculation:
@@ -89,8 +112,9 @@ async def recognize(
     """
     stream: RecognitionStream | None = None
     speculation: Speculation | None = None
-    heard_seconds = 0.0  # the utterance's length so far
+    voice = VoiceMeter()
     partial: str | None = None
+    mode = ""
     streaming = bool(getattr(recognizer, "streaming", False))
 
     def drop_speculation() -> None:
@@ -104,16 +128,17 @@ async def recognize(
             async for item in receive:
                 try:
                     match item:
-                        case UtteranceStarted(audio=audio):
+                        case UtteranceStarted(audio=audio, mode=mode):
                             drop_speculation()
                             await send.send(item)  # the controller may barge in on it
-                            stream, heard_seconds, partial = recognizer.open_stream(), audio.duration, None
+                            stream, voice, partial = recognizer.open_stream(), VoiceMeter(), None
+                            voice.feed(audio)
                             partial = await _accept(stream, audio) or partial
                         case SpeechAudio(audio=audio):
-                            heard_seconds += audio.duration
+                            voice.feed(audio)
                             if stream is not None:
                                 partial = await _accept(stream, audio) or partial
-                            await send.send(SpeechProgress(heard_seconds, partial))
+                            await send.send(SpeechProgress(voice.seconds, partial, mode))
                         case SpeechPaused(audio=audio):
                             drop_speculation()
                             if not streaming:

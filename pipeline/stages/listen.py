@@ -66,13 +66,14 @@ class UtteranceDetector:
     It is the one owner of the listen state (it sees the controls in order with the audio); each
     ``UtteranceStarted`` carries the mode it was heard in, for the controller's barge-in rule.
 
-    ``open_vad(min_silence_ms)`` opens a VAD stream (None: its configured silence window).
+    ``open_vad()`` opens a VAD stream; ``open_vad(min_silence_ms)`` one with a shorter silence
+    window (only with the turn policy).
     ``turn`` (with ``turn_modes``) enables the turn policy; without it the VAD's window ends turns.
     """
 
     def __init__(
         self,
-        open_vad: Callable[[float | None], VadStream],
+        open_vad: Callable[..., VadStream],
         sample_rate: int = 16000,
         *,
         turn: TurnTiming | None = None,
@@ -113,7 +114,8 @@ class UtteranceDetector:
         """Open the VAD state the mode needs (it may load a model: call it off the event loop)."""
         if self._vad is None or self._vad_window != self._wanted_window():
             self._vad_window = self._wanted_window()
-            self._vad = self._open_vad(self._vad_window)
+            # A VAD asked for no special window is opened as before (plugins may take no argument).
+            self._vad = self._open_vad() if self._vad_window is None else self._open_vad(self._vad_window)
 
     def _reset(self) -> None:
         if self._vad is not None:

@@ -5,6 +5,8 @@ Sans-IO rules for barge-in: speech interrupts the reply only once it has lasted
 least ``min_words`` words (a Chinese character counts as one) and not just a backchannel ("嗯",
 "uh-huh", "ok"). Speech that never qualifies leaves the reply playing, and its transcript is
 dropped rather than answered: nothing the user meant is lost, because a real question qualifies.
+
+``BargeInIgnoringNoise`` is the controller's ``BargeIn`` policy built on the rule.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+
+from ..messages import Transcript
+from ..stages.asr import VoiceMeter
+from .controller import UserSpeechProgress, UserSpeechStarted
 
 #: Short acknowledgements that mean "go on", not "stop": English and Mandarin.
 BACKCHANNELS = frozenset(
@@ -70,3 +76,24 @@ class InterruptionRule:
     def answers(self, text: str, voiced_seconds: float) -> bool:
         """A transcript arrived while the reply plays on: answer it (replacing the reply)?"""
         return voiced_seconds >= self.min_voiced_seconds and self.enough_words(text)
+
+
+@dataclass(frozen=True)
+class BargeInIgnoringNoise:
+    """Speech in one of ``modes`` (never ``manual``) interrupts the reply once ``rule`` says it is
+    real speech, not at its first sound; a transcript that arrives while the reply plays on is
+    answered only if the rule says it is a real question (else the reply goes on, and the
+    device keeps listening)."""
+
+    modes: tuple[str, ...] = ("realtime",)
+    rule: InterruptionRule = field(default_factory=InterruptionRule)
+
+    def interrupts(self, speech: UserSpeechStarted) -> bool:
+        return False  # a cough starts like a question: wait until it has lasted
+
+    def interrupts_later(self, progress: UserSpeechProgress) -> bool:
+        return progress.mode != "manual" and progress.mode in self.modes and self.rule.interrupts(progress.seconds, progress.words)
+
+    def replaces_reply(self, transcript: Transcript) -> bool:
+        seconds = VoiceMeter().feed(transcript.audio) if transcript.audio is not None else 0.0
+        return self.rule.answers(transcript.text, seconds)
