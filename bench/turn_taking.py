@@ -257,6 +257,7 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="also run the server latency comparison")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline false-end and cost run")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the complete questions per server")
+    parser.add_argument("--questions", type=int, default=0, help="use only the first N complete questions (0: all English ones)")
     parser.add_argument("--thresholds", default="", help="also try these thresholds (comma-separated), offline")
     parser.add_argument("--pauses", default="0.4,0.6,0.9", help="mid-sentence pause lengths, seconds")
     args = parser.parse_args()
@@ -277,7 +278,7 @@ def main() -> None:
         saved["offline"] = {name: [dataclasses.asdict(o) for o in outs] for name, outs in data["results"].items()}
         saved["cost_per_call"] = data["cost_per_call"]
     if args.latency:
-        complete = [c for c in clips if c.complete and c.language == "en"]
+        complete = [c for c in clips if c.complete and c.language == "en"][: args.questions or None]
         measured = latency(complete, args.rounds)
         print(latency_report(measured))
         print(f"plot: {plot(measured, 'turn_taking_latency.png')}")
