@@ -24,12 +24,8 @@ REST = "the weather in shanghai"
 
 
 def turn_app(tmp_path: Path, **policy: Any) -> tuple[Any, FakeBackends, Any]:
-    base = fake_config(tmp_path)
-    config = dataclasses.replace(
-        base,
-        turn=parse_config({"turn": {"backend": "fake"}}).turn,
-        turn_policy=dataclasses.replace(TurnPolicyConfig(), **policy),
-    )
+    base = fake_config(tmp_path).with_backend("turn", parse_config({"turn": {"backend": "fake"}}).backend("turn"))
+    config = dataclasses.replace(base, turn_policy=dataclasses.replace(TurnPolicyConfig(), **policy))
     return make_app(tmp_path, config=config)
 
 
