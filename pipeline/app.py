@@ -25,7 +25,7 @@ from .config import Config
 from .registry import Plugins
 from .session.context import SessionServices
 from .store.context import StoreContext
-from .store.recordings import Recorder, recording_config
+from .store.recordings import Recorder
 from .talking import TalkingSessions
 from .workers import CpuWorkers
 
@@ -120,10 +120,9 @@ class App:
                 log.warning("[%s] %s is not available, going on without it: %s", kind, chosen.backend, e)
                 continue
             log.info("%s backend: %s", kind, chosen.backend)
-        recording = recording_config(config.extra.get("recording", {}))
         recorder = None
-        if recording.enabled:
-            recorder = Recorder(context.data_dir / "recordings", int(recording.max_megabytes * 1024 * 1024))
+        if config.recording.enabled:
+            recorder = Recorder(context.data_dir / "recordings", int(config.recording.max_megabytes * 1024 * 1024))
         talking = TalkingSessions(config.server.talking_window)
         plugins.register(talking, name="xiaozhi_trio.talking")
         return cls(

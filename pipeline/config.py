@@ -186,12 +186,22 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """``[recording]``: per-turn recordings, to debug recognition."""
+
+    enabled: bool = False
+    #: Cap on everything under ``recordings/`` (all devices together).
+    max_megabytes: Annotated[float, Between(0, None, exclusive_low=True)] = 500.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     #: The backend tables that were in the file, by kind (``[vad]``, ``[asr]``...); ``backend(kind)``
     #: fills in the default of a kind not configured.
     backends: Mapping[str, BackendConfig] = field(default_factory=dict)
@@ -218,11 +228,12 @@ _SECTIONS = {
     "audio": AudioConfig,
     "workers": WorkersConfig,
     "models": ModelsConfig,
+    "recording": RecordingConfig,
 }
 #: ``[turn]`` keys that belong to the policy, not to the detector backend.
 _TURN_POLICY_KEYS = frozenset(f.name for f in dataclasses.fields(TurnPolicyConfig))
 #: Tables owned by other modules; validated there.
-_OTHER_TABLES = ("ota", "auth", "devices", "metrics", "recording")
+_OTHER_TABLES = ("ota", "auth", "devices", "metrics")
 
 
 def _backend(name: str, table: Any, default: str) -> BackendConfig:

@@ -13,7 +13,7 @@ the table and key of anything wrong::
 
 What the annotations mean, the same for every table:
 
-* ``bool``, ``int``, ``float``, ``str``: the TOML type. A boolean is never a number and a number
+* ``bool``, ``int``, ``float``, ``str``: the TOML type; ``Path``: a non-blank string, ``~`` expanded. A boolean is never a number and a number
   never a boolean (``true`` is not 1); an integer is accepted where a float is expected.
 * ``tuple[T, ...]``: a TOML array whose every item is a ``T`` by the same rules (so ``[true]`` is
   not a list of integers).
@@ -24,7 +24,7 @@ What the annotations mean, the same for every table:
 * ``Annotated[T, Between(low, high)]`` / ``Annotated[T, OneOf(...)]`` / ``NonEmptyStr``: bounds,
   choices and non-blank strings (stripped).
 
-Unknown keys are an error that lists the valid ones. Checks that need several keys at once belong in
+Unknown keys are an error that lists the valid ones; a field without a default is a required key. Checks that need several keys at once belong in
 the dataclass's ``__post_init__`` (raise with ``require``).
 """
 
@@ -36,6 +36,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from .backends import ConfigError
@@ -55,12 +56,14 @@ class Between:
     def check(self, where: str, value: Any) -> None:
         too_low = self.low is not None and (value <= self.low if self.exclusive_low else value < self.low)
         too_high = self.high is not None and value > self.high
-        if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
+        if too_low or too_high or not math.isfinite(value):
             raise ConfigError(f"{where} must be {self.describe()}, not {value!r}")
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"from {self.low:g} to {self.high:g}" + (f" (more than {self.low:g})" if self.exclusive_low else "")
+            if self.exclusive_low:
+                return f"more than {self.low:g} and at most {self.high:g}"
+            return f"between {self.low:g} and {self.high:g}"
         if self.low is not None:
             return f"more than {self.low:g}" if self.exclusive_low else f"at least {self.low:g}"
         return f"at most {self.high:g}" if self.high is not None else "a number"
@@ -152,6 +155,10 @@ def parse_value(where: str, value: Any, annotation: Any) -> Any:
         return parse_table(where.strip("[]").replace("] ", "."), annotation, value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is Path:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where} must be a file path (a string), not {_shown(value)}")
+        return Path(value.strip()).expanduser()
     if annotation is Any:
         return value
     # bool is an int subclass: never accept true for a number or 1 for a flag.
@@ -176,10 +183,15 @@ def parse_table(name: str, cls: type[T], table: Mapping[str, Any] | None) -> T:
     if not isinstance(table, Mapping):
         raise ConfigError(f"[{name}] must be a table")
     hints = typing.get_type_hints(cls, include_extras=True)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    known = [f.name for f in fields]
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+    missing = [f.name for f in fields if f.name not in table
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"[{name}] needs {', '.join(missing)}")
     values = {key: parse_value(f"[{name}] {key}", value, hints[key]) for key, value in table.items()}
     return cls(**values)
 

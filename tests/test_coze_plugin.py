@@ -452,7 +452,7 @@ def test_missing_token_and_bot_id_name_the_variables(tmp_path: Path, monkeypatch
 @pytest.mark.parametrize(("options", "match"), [
     ({"token": "pat_x"}, "secrets do not belong"),
     ({"colour": "red"}, "unknown key"),
-    ({"timeout": -1}, "timeout must be a positive number"),
+    ({"timeout": -1}, r"\[agent\] timeout must be more than 0, not -1"),
     ({"base_url": "api.coze.cn"}, "base_url must be an http"),
     ({"custom_variables": {"name": 3}}, "custom_variables"),
     ({"oauth": {"client_id": "1"}}, "public_key_id, private_key_file"),

@@ -11,7 +11,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 import xiaozhi_trio.plugins.coze.plugin as coze_plugin
-from xiaozhi_trio.pipeline.config import BackendConfig
+from xiaozhi_trio.pipeline.config import BackendConfig, RecordingConfig
 from xiaozhi_trio.pipeline.protocol.handshake import parse_handshake
 from xiaozhi_trio.pipeline.protocol.identity import normalise_device_id
 
@@ -53,7 +53,7 @@ async def test_both_spellings_share_one_memory_one_user_and_one_recording_folder
     base = fake_config(tmp_path)
     config = dataclasses.replace(
         base.with_backend("agent", BackendConfig("coze", {"bot_id": FAKE_BOT_ID, "base_url": coze.url})),
-        extra={"recording": {"enabled": True}},
+        recording=RecordingConfig(enabled=True),
     )
     app, _, _ = make_app(tmp_path, config=config, plugins=(coze_plugin,))
     async with open_device(app, device_id=UPPER) as device:

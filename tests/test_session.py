@@ -9,6 +9,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from xiaozhi_trio.pipeline.audio.opus import OpusDecoder
+from xiaozhi_trio.pipeline.config import RecordingConfig
 from xiaozhi_trio.pipeline.events import FirstAudio, SessionError, SessionOpened, TurnEnded
 
 from .fakes.backends import speech
@@ -312,7 +313,7 @@ async def test_recordings_keep_the_utterance_and_the_reply(tmp_path, autojump_cl
 
     from .harness import fake_config
 
-    config = dataclasses.replace(fake_config(tmp_path), extra={"recording": {"enabled": True}})
+    config = dataclasses.replace(fake_config(tmp_path), recording=RecordingConfig(enabled=True))
     app, fakes, _ = make_app(tmp_path, config=config)
     fakes.agent.answers["remember this"] = "I will remember."
     async with open_device(app, device_id="aa:bb:cc") as device:

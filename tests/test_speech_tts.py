@@ -77,9 +77,9 @@ def test_the_plugin_registers_the_backend() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"modle": "x"}, "unknown option"),
+        ({"modle": "x"}, r"unknown key\(s\) in \[tts\]: modle"),
         ({"speed": "fast"}, "speed"),
-        ({"speed": 9}, "between 0.25 and 4.0"),
+        ({"speed": 9}, "between 0.25 and 4, not 9"),
         ({"speaker": -1}, "speaker"),
         ({"num_threads": 0}, "num_threads"),
         ({"num_threads": True}, "num_threads"),

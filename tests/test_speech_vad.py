@@ -47,9 +47,9 @@ def test_options_have_defaults() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"treshold": 0.5}, "unknown option(s) in [vad] for silero: treshold; valid: threshold"),
-        ({"threshold": "high"}, "[vad] threshold must be a number, not str 'high'"),
-        ({"threshold": True}, "[vad] threshold must be a number, not bool True"),
+        ({"treshold": 0.5}, "unknown key(s) in [vad]: treshold; valid keys: min_silence_ms, min_speech_ms"),
+        ({"threshold": "high"}, "[vad] threshold must be float, not str 'high'"),
+        ({"threshold": True}, "[vad] threshold must be float, not bool True"),
         ({"threshold": 1.5}, "[vad] threshold must be between 0.01 and 0.99, not 1.5"),
         ({"min_silence_ms": -1}, "[vad] min_silence_ms must be between 0 and 10000, not -1"),
         ({"preroll_ms": 5000}, "[vad] preroll_ms must be between 0 and 2000, not 5000"),

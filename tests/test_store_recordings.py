@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import soundfile
 from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.config import RecordingConfig, parse_config
 from xiaozhi_trio.pipeline.messages import PcmChunk
 from xiaozhi_trio.pipeline.store.recordings import (
     Recorder,
-    RecordingConfig,
-    recording_config,
 )
 
 
@@ -73,13 +72,11 @@ def test_a_single_turn_over_the_cap_is_kept(tmp_path: Path) -> None:
 
 
 def test_recording_config_is_checked() -> None:
-    assert recording_config({}) == RecordingConfig(False, 500.0)
-    assert recording_config({"enabled": True, "max_megabytes": 20}) == RecordingConfig(
-        True, 20.0
-    )
-    with pytest.raises(ConfigError, match="enabled"):
-        recording_config({"enabled": "yes"})
-    with pytest.raises(ConfigError, match="max_megabytes"):
-        recording_config({"max_megabytes": 0})
+    assert parse_config({}).recording == RecordingConfig(False, 500.0)
+    assert parse_config({"recording": {"enabled": True, "max_megabytes": 20}}).recording == RecordingConfig(True, 20.0)
+    with pytest.raises(ConfigError, match=r"\[recording\] enabled must be bool"):
+        parse_config({"recording": {"enabled": "yes"}})
+    with pytest.raises(ConfigError, match=r"\[recording\] max_megabytes must be more than 0"):
+        parse_config({"recording": {"max_megabytes": 0}})
     with pytest.raises(ConfigError, match="unknown key"):
-        recording_config({"dir": "x"})
+        parse_config({"recording": {"dir": "x"}})

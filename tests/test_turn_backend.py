@@ -67,7 +67,7 @@ def test_bad_policy_values_are_named(table: dict[str, object], message: str) -> 
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"modle": "x"}, "unknown option"), ({"num_threads": 0}, "num_threads"), ({"model": ""}, "model")],
+    [({"modle": "x"}, r"unknown key\(s\) in \[turn\]: modle"), ({"num_threads": 0}, "num_threads"), ({"model": ""}, "model")],
 )
 def test_bad_backend_options_are_named(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

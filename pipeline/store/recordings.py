@@ -12,47 +12,17 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
 
-from ..backends import ConfigError
 from ..messages import PcmChunk
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True)
-class RecordingConfig:
-    """The ``[recording]`` table."""
-
-    enabled: bool = False
-    #: Cap on everything under ``recordings/`` (all devices together).
-    max_megabytes: float = 500.0
-
-
-def recording_config(table: Mapping[str, Any]) -> RecordingConfig:
-    """Check the ``[recording]`` table."""
-    unknown = sorted(set(table) - {"enabled", "max_megabytes"})
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [recording]: {', '.join(unknown)}; valid keys: enabled, max_megabytes"
-        )
-    enabled = table.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"[recording] enabled must be true or false, not {enabled!r}")
-    cap = table.get("max_megabytes", RecordingConfig.max_megabytes)
-    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0:
-        raise ConfigError(
-            f"[recording] max_megabytes must be a positive number, not {cap!r}"
-        )
-    return RecordingConfig(enabled, float(cap))
 
 
 def _safe_name(text: str) -> str:

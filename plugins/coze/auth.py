@@ -18,13 +18,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
 import trio
-from xiaozhi_trio.pipeline.backends import BackendError, ConfigError
+from xiaozhi_trio.pipeline.backends import BackendError
+from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table, require
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +101,23 @@ class PersonalAccessToken:
 class OAuthSettings:
     """The ``[agent.oauth]`` table: a Coze OAuth app of the JWT (service) kind."""
 
-    client_id: str
-    public_key_id: str
+    client_id: NonEmptyStr
+    public_key_id: NonEmptyStr
+    #: The PEM file of the app's key pair.
     private_key_file: Path
     #: Lifetime of each access token, in seconds (at most 86399).
-    duration: int = 3600
+    duration: Annotated[int, Between(60, MAX_DURATION)] = 3600
+
+    def __post_init__(self) -> None:
+        require(
+            self.private_key_file.is_file(),
+            f"[agent.oauth] private_key_file {self.private_key_file} does not exist (the PEM file of the app's key pair)",
+        )
 
     @classmethod
     def from_options(cls, table: Any) -> OAuthSettings:
         """Check the table; a ``ConfigError`` says exactly what is wrong."""
-        if not isinstance(table, Mapping):
-            raise ConfigError("[agent.oauth] must be a table with client_id, public_key_id and private_key_file")
-        known = {"client_id", "public_key_id", "private_key_file", "duration"}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [agent.oauth]: {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        missing = [key for key in ("client_id", "public_key_id", "private_key_file")
-                   if not isinstance(table.get(key), str) or not table.get(key)]
-        if missing:
-            raise ConfigError(f"[agent.oauth] needs {', '.join(missing)} (strings)")
-        duration = table.get("duration", 3600)
-        if not isinstance(duration, int) or isinstance(duration, bool) or not 60 <= duration <= MAX_DURATION:
-            raise ConfigError(f"[agent.oauth] duration must be whole seconds from 60 to {MAX_DURATION}, not {duration!r}")
-        key_file = Path(table["private_key_file"]).expanduser()
-        if not key_file.is_file():
-            raise ConfigError(f"[agent.oauth] private_key_file {key_file} does not exist (the PEM file of the app's key pair)")
-        return cls(table["client_id"], table["public_key_id"], key_file, duration)
+        return parse_table("agent.oauth", cls, table)
 
 
 class JwtOAuthApp:

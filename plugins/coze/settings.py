@@ -7,7 +7,7 @@ app's private key in a PEM file. The bot id may be in the config (``bot_id``) or
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.tables import NonEmptyStr, Seconds, parse_table
 
 from .auth import JwtOAuthApp, OAuthSettings, PersonalAccessToken, TokenSource
 
@@ -22,31 +23,27 @@ DEFAULT_BASE_URL = "https://api.coze.cn"
 BOT_ID_ENV = "COZE_BOT_ID"
 DEFAULT_TOKEN_ENV = "COZE_API_TOKEN"
 
-_FLOATS = {
-    # Seconds without any bytes from Coze before a call gives up (also the connect limit).
-    "timeout": 30.0,
-    # Seconds from sending the question to the first spoken text before the turn gives up.
-    "first_token_timeout": 20.0,
-    # Seconds a barge-in may spend telling Coze to stop the chat.
-    "cancel_timeout": 3.0,
-    # Seconds one requested tool may run before the bot is told it failed.
-    "tool_timeout": 20.0,
-}
-_KEYS = {"bot_id", "base_url", "token_env", "token_file", "oauth", "custom_variables", *_FLOATS}
 _SECRET_KEYS = {"token", "api_token", "api_key", "access_token", "private_key", "secret"}
 
 
 @dataclass(frozen=True)
 class CozeSettings:
-    bot_id: str
-    base_url: str = DEFAULT_BASE_URL
-    token_env: str = DEFAULT_TOKEN_ENV
+    #: The bot to talk to; empty: ``$COZE_BOT_ID``.
+    bot_id: NonEmptyStr | None = None
+    base_url: NonEmptyStr = DEFAULT_BASE_URL
+    #: The environment variable that holds a personal access token.
+    token_env: NonEmptyStr = DEFAULT_TOKEN_ENV
+    #: A file that holds the token instead (read again when it changes).
     token_file: Path | None = None
     oauth: OAuthSettings | None = None
-    timeout: float = _FLOATS["timeout"]
-    first_token_timeout: float = _FLOATS["first_token_timeout"]
-    cancel_timeout: float = _FLOATS["cancel_timeout"]
-    tool_timeout: float = _FLOATS["tool_timeout"]
+    #: Seconds without any bytes from Coze before a call gives up (also the connect limit).
+    timeout: Seconds = 30.0
+    #: Seconds from sending the question to the first spoken text before the turn gives up.
+    first_token_timeout: Seconds = 20.0
+    #: Seconds a barge-in may spend telling Coze to stop the chat.
+    cancel_timeout: Seconds = 3.0
+    #: Seconds one requested tool may run before the bot is told it failed.
+    tool_timeout: Seconds = 20.0
     #: Values for the bot's prompt variables (``{{name}}`` in its persona).
     custom_variables: Mapping[str, str] = field(default_factory=dict)
 
@@ -60,42 +57,13 @@ class CozeSettings:
                 f"access token in the environment variable {DEFAULT_TOKEN_ENV} (or the one token_env "
                 "names) or in a file named by token_file"
             )
-        unknown = sorted(set(options) - _KEYS)
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [agent] for the coze backend: {', '.join(unknown)}; "
-                              f"valid keys: {', '.join(sorted(_KEYS))}")
-        values: dict[str, Any] = {}
-        for key in ("bot_id", "base_url", "token_env", "token_file"):
-            if key in options:
-                value = options[key]
-                if not isinstance(value, str) or not value.strip():
-                    raise ConfigError(f"[agent] {key} must be a non-empty string, not {value!r}")
-                values[key] = value.strip()
-        base_url = values.get("base_url", DEFAULT_BASE_URL).rstrip("/")
+        parsed = parse_table("agent", cls, options)
+        base_url = parsed.base_url.rstrip("/")
         if not base_url.startswith(("https://", "http://")):
             raise ConfigError(f"[agent] base_url must be an http(s) URL such as {DEFAULT_BASE_URL} "
                               f"or https://api.coze.com, not {base_url!r}")
-        for key, default in _FLOATS.items():
-            value = options.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-                raise ConfigError(f"[agent] {key} must be a positive number of seconds, not {value!r}")
-            values[key] = float(value)
-        variables = options.get("custom_variables", {})
-        if not isinstance(variables, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
-                                                         for k, v in variables.items()):
-            raise ConfigError("[agent] custom_variables must be a table of strings (name = \"value\")")
-        oauth = OAuthSettings.from_options(options["oauth"]) if "oauth" in options else None
-        bot_id = values.pop("bot_id", "") or environ.get(BOT_ID_ENV, "").strip()
-        token_file = values.pop("token_file", None)
-        return cls(
-            bot_id=bot_id,
-            base_url=base_url,
-            token_env=values.pop("token_env", DEFAULT_TOKEN_ENV),
-            token_file=Path(token_file).expanduser() if token_file else None,
-            oauth=oauth,
-            custom_variables=dict(variables),
-            **{key: values[key] for key in _FLOATS},
-        )
+        bot_id = parsed.bot_id or environ.get(BOT_ID_ENV, "").strip()
+        return dataclasses.replace(parsed, bot_id=bot_id, base_url=base_url)
 
     def token_source(self, http: httpx.AsyncClient, environ: Mapping[str, str]) -> TokenSource:
         """The credentials these settings name; ``ConfigError`` naming exactly what to set if they

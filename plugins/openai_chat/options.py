@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from xiaozhi_trio.pipeline.backends import ConfigError
+from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant inside a small speaker with a screen. Everything you write is "
@@ -24,21 +25,21 @@ DEFAULT_SYSTEM_PROMPT = (
 @dataclass(frozen=True)
 class OpenAIOptions:
     #: The API root, up to and including ``/v1`` (``/chat/completions`` is appended).
-    base_url: str = "https://api.deepseek.com/v1"
-    model: str = "deepseek-chat"
+    base_url: NonEmptyStr = "https://api.deepseek.com/v1"
+    model: NonEmptyStr = "deepseek-chat"
     #: Name of the environment variable that holds the API key (the key itself never goes in the file).
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: NonEmptyStr = "OPENAI_API_KEY"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     #: Earlier question-and-answer pairs sent with each question; 0 = no memory.
-    history_turns: int = 10
+    history_turns: Annotated[int, Between(0)] = 10
     #: Sampling temperature; None leaves the provider's default.
-    temperature: float | None = None
+    temperature: Annotated[float, Between(0.0, 2.0)] | None = None
     #: Longest answer in tokens; None leaves the provider's default.
-    max_tokens: int | None = None
+    max_tokens: Annotated[int, Between(1)] | None = None
     #: Seconds to connect, and the longest wait for the next piece of the answer.
-    timeout: float = 30.0
+    timeout: Annotated[float, Between(0.001, 3600.0)] = 30.0
     #: Rounds of tool calls one question may take before the model must answer.
-    max_tool_rounds: int = 4
+    max_tool_rounds: Annotated[int, Between(0)] = 4
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> OpenAIOptions:
@@ -48,31 +49,7 @@ class OpenAIOptions:
                 "[agent] api_key: keys do not go in the config file; put the key in an environment "
                 "variable and name it with api_key_env (default OPENAI_API_KEY)"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown [agent] option(s) for openai: {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-            )
-        values: dict[str, Any] = {}
-        for key in ("base_url", "model", "api_key_env", "system_prompt"):
-            if key in options:
-                if not isinstance(options[key], str) or (key != "system_prompt" and not options[key].strip()):
-                    raise ConfigError(f"[agent] {key} must be a non-empty string, not {options[key]!r}")
-                values[key] = options[key].strip() if key != "system_prompt" else options[key]
-        for key, minimum in (("history_turns", 0), ("max_tool_rounds", 0), ("max_tokens", 1)):
-            if key in options:
-                value = options[key]
-                if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                    raise ConfigError(f"[agent] {key} must be an integer ≥ {minimum}, not {value!r}")
-                values[key] = value
-        for key, low, high in (("temperature", 0.0, 2.0), ("timeout", 0.001, 3600.0)):
-            if key in options:
-                value = options[key]
-                if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-                    raise ConfigError(f"[agent] {key} must be a number from {low:g} to {high:g}, not {value!r}")
-                values[key] = float(value)
-        parsed = cls(**values)
+        parsed = parse_table("agent", cls, options)
         scheme = urlsplit(parsed.base_url).scheme
         if scheme not in ("http", "https") or not urlsplit(parsed.base_url).hostname:
             raise ConfigError(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import sherpa_onnx
@@ -39,6 +39,7 @@ import soxr
 from xiaozhi_trio.pipeline.backends import BackendContext, BackendError, ConfigError
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import PcmChunk, Samples
+from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .batching import Batcher
@@ -67,40 +68,17 @@ STREAMING_TAIL_SECONDS = 0.66
 
 @dataclass(frozen=True)
 class AsrOptions:
-    model: str = DEFAULT_MODEL
-    num_threads: int = 1
+    model: NonEmptyStr = DEFAULT_MODEL
+    num_threads: Annotated[int, Between(1, 16)] = 1
     language: str = ""
-    max_segment_seconds: float = 15.0
+    max_segment_seconds: Annotated[float, Between(2, 60)] = 15.0
     #: None: ``BATCH_SIZE`` for the families in ``BATCHING_FAMILIES``, else 1.
-    max_batch: int | None = None
+    max_batch: Annotated[int, Between(1, 64)] | None = None
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> AsrOptions:
         """Check the ``[asr]`` options; a ``ConfigError`` names any wrong one."""
-        valid: dict[str, tuple[type, ...]] = {
-            "model": (str,), "num_threads": (int,), "language": (str,),
-            "max_segment_seconds": (int, float), "max_batch": (int,),
-        }
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) in [asr] for sherpa-onnx: {', '.join(unknown)}; valid: {', '.join(valid)}"
-            )
-        for key, types in valid.items():
-            value = options.get(key)
-            if key in options and (isinstance(value, bool) or not isinstance(value, types)):
-                expected = " or ".join(t.__name__ for t in types)
-                raise ConfigError(f"[asr] {key} must be {expected}, not {type(value).__name__} {value!r}")
-        parsed = cls(**{k: (float(v) if k == "max_segment_seconds" else v) for k, v in options.items()})
-        if not parsed.model:
-            raise ConfigError("[asr] model must name a model (see `xiaozhi-trio models list`)")
-        if not 1 <= parsed.num_threads <= 16:
-            raise ConfigError(f"[asr] num_threads must be between 1 and 16, not {parsed.num_threads}")
-        if not 2.0 <= parsed.max_segment_seconds <= 60.0:
-            raise ConfigError(f"[asr] max_segment_seconds must be between 2 and 60, not {parsed.max_segment_seconds:g}")
-        if parsed.max_batch is not None and not 1 <= parsed.max_batch <= 64:
-            raise ConfigError(f"[asr] max_batch must be between 1 and 64, not {parsed.max_batch}")
-        return parsed
+        return parse_table("asr", cls, options)
 
 
 # --------------------------------------------------------------------------------------------

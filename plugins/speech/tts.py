@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import sherpa_onnx
@@ -31,6 +31,7 @@ import trio
 from xiaozhi_trio.pipeline.backends import BackendContext, BackendError, ConfigError
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import PcmChunk, Samples
+from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .models import ModelFiles, ModelInvalid
@@ -58,46 +59,16 @@ _espeak_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class TtsOptions:
-    model: str = DEFAULT_MODEL
-    speed: float = 1.0
-    speaker: int = 0
-    num_threads: int = 1
+    model: NonEmptyStr = DEFAULT_MODEL
+    speed: Annotated[float, Between(0.25, 4.0)] = 1.0
+    speaker: Annotated[int, Between(0)] = 0
+    num_threads: Annotated[int, Between(1, 16)] = 1
     voice: str = ""
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> TtsOptions:
         """Check the ``[tts]`` options; a ``ConfigError`` names any wrong one."""
-        valid = {
-            "model": str,
-            "speed": (int, float),
-            "speaker": int,
-            "num_threads": int,
-            "voice": str,
-        }
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) in [tts] for sherpa-onnx: {', '.join(unknown)}; valid: {', '.join(valid)}"
-            )
-        for key, types in valid.items():
-            if key in options and (
-                not isinstance(options[key], types) or isinstance(options[key], bool)
-            ):
-                raise ConfigError(f"[tts] {key} has the wrong type: {options[key]!r}")
-        parsed = cls(
-            **{k: (float(v) if k == "speed" else v) for k, v in options.items()}
-        )
-        if not 0.25 <= parsed.speed <= 4.0:
-            raise ConfigError(
-                f"[tts] speed must be between 0.25 and 4.0, not {parsed.speed}"
-            )
-        if parsed.speaker < 0:
-            raise ConfigError(f"[tts] speaker must be 0 or more, not {parsed.speaker}")
-        if not 1 <= parsed.num_threads <= 16:
-            raise ConfigError(
-                f"[tts] num_threads must be between 1 and 16, not {parsed.num_threads}"
-            )
-        return parsed
+        return parse_table("tts", cls, options)
 
 
 def _joined(files: Mapping[str, Path], prefix: str) -> str:

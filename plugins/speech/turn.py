@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import onnxruntime
@@ -32,11 +32,11 @@ from xiaozhi_trio.pipeline.backends import (
     BackendContext,
     BackendError,
     BackendUnavailable,
-    ConfigError,
     TurnVerdict,
 )
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import PcmChunk, Samples
+from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .log_mel import N_FRAMES, N_MELS, SAMPLE_RATE, fit_window, log_mel
@@ -57,22 +57,14 @@ ORT_ERRORS: tuple[type[Exception], ...] = tuple(
 
 @dataclass(frozen=True)
 class SmartTurnOptions:
-    model: str = MODEL_NAME
-    num_threads: int = 1
+    #: A model name (``xiaozhi-trio models list``) or the path of an .onnx file.
+    model: NonEmptyStr = MODEL_NAME
+    num_threads: Annotated[int, Between(1, 64)] = 1
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> SmartTurnOptions:
         """Check the backend's ``[turn]`` options; a ``ConfigError`` names any wrong one."""
-        unknown = sorted(set(options) - {"model", "num_threads"})
-        if unknown:
-            raise ConfigError(f"unknown option(s) in [turn] for smart-turn: {', '.join(unknown)}; valid: model, num_threads")
-        model = options.get("model", MODEL_NAME)
-        if not isinstance(model, str) or not model:
-            raise ConfigError("[turn] model must be a model name or the path of an .onnx file")
-        threads = options.get("num_threads", 1)
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
-            raise ConfigError(f"[turn] num_threads must be a whole number from 1 to 64, not {threads!r}")
-        return cls(model, threads)
+        return parse_table("turn", cls, options)
 
 
 def load_session(path: Path, num_threads: int = 1) -> onnxruntime.InferenceSession:

@@ -24,14 +24,15 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import sherpa_onnx
 
-from xiaozhi_trio.pipeline.backends import BackendContext, ConfigError
+from xiaozhi_trio.pipeline.backends import BackendContext
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import PcmChunk, Samples, SpeechEnded, SpeechStarted, VadEvent
+from xiaozhi_trio.pipeline.tables import Between, parse_table
 
 from .models import ModelFiles
 from .models.locate import locate_model
@@ -49,34 +50,15 @@ MODEL_NAME = "silero-vad"
 
 @dataclass(frozen=True)
 class VadOptions:
-    threshold: float = 0.5
-    min_silence_ms: float = 500.0
-    min_speech_ms: float = 250.0
-    preroll_ms: float = 300.0
+    threshold: Annotated[float, Between(0.01, 0.99)] = 0.5
+    min_silence_ms: Annotated[float, Between(0, 10_000)] = 500.0
+    min_speech_ms: Annotated[float, Between(0, 5_000)] = 250.0
+    preroll_ms: Annotated[float, Between(0, 2_000)] = 300.0
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> VadOptions:
         """Check the ``[vad]`` options; a ``ConfigError`` names any wrong one."""
-        limits = {
-            "threshold": (0.01, 0.99),
-            "min_silence_ms": (0.0, 10_000.0),
-            "min_speech_ms": (0.0, 5_000.0),
-            "preroll_ms": (0.0, 2_000.0),
-        }
-        unknown = sorted(set(options) - set(limits))
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) in [vad] for silero: {', '.join(unknown)}; valid: {', '.join(limits)}"
-            )
-        values = {}
-        for key, value in options.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"[vad] {key} must be a number, not {type(value).__name__} {value!r}")
-            low, high = limits[key]
-            if not low <= value <= high:
-                raise ConfigError(f"[vad] {key} must be between {low:g} and {high:g}, not {value!r}")
-            values[key] = float(value)
-        return cls(**values)
+        return parse_table("vad", cls, options)
 
 
 class _Tape:
