@@ -262,7 +262,10 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         elif name in BACKEND_KINDS:
             backends[name] = _backend(name, table, BACKEND_KINDS[name])
         elif name == "store":
-            kwargs[name] = _backend(name, table, DEFAULT_STORE)
+            # A postgresql:// url names the PostgreSQL stores without saying backend = "postgres".
+            url = table.get("url") if isinstance(table, Mapping) else None
+            postgres = isinstance(url, str) and url.startswith(("postgresql://", "postgres://"))
+            kwargs[name] = _backend(name, table, "postgres" if postgres else DEFAULT_STORE)
         elif name in _OTHER_TABLES:
             if not isinstance(table, dict):
                 raise ConfigError(f"[{name}] must be a table")

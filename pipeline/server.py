@@ -7,15 +7,17 @@ goes wrong inside a session is logged there and ends that session only.
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from .app import App
 from .ops.logcontext import bind_session
 from .protocol.handshake import HandshakeError, parse_handshake
 from .session.session import DeviceSession
+from .store.sqlite import DatabaseError
 
 log = logging.getLogger("xiaozhi_trio.server")
 
@@ -31,7 +33,14 @@ async def handle_request(app: App, request: WebSocketRequest) -> None:
         await request.reject(e.status, body=str(e).encode())
         return
     authorize = app.authorize
-    if authorize is not None and (reason := await authorize(handshake.device_id, handshake.client_id, handshake.authorization)):
+    try:
+        reason = authorize and await authorize(handshake.device_id, handshake.client_id, handshake.authorization)
+    except DatabaseError as e:
+        # The device registry is unreachable: the device retries later; nothing else is affected.
+        log.error("cannot check device %s: %s", handshake.device_id, e)
+        await request.reject(503, body=b"device registry unavailable")
+        return
+    if reason:
         log.warning("rejected device %s from %s: %s", handshake.device_id, request.remote, reason)
         await request.reject(401, body=reason.encode())
         return
@@ -87,27 +96,40 @@ def _too_many_talking(app: App, device_id: str) -> bool:
     return True
 
 
-async def serve_devices(app: App, host: str | None = None, port: int | None = None, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_devices(
+    app: App,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve devices until cancelled, or until ``app.sessions.draining`` is set: then stop
     listening and return once every session has ended. ``task_status.started(port)`` with the
-    bound port."""
+    bound port.
+
+    ``sock``: accept on this already listening socket (shared by several worker processes) instead
+    of binding ``host:port``.
+    """
     server_config = app.config.server
+    if sock is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    else:
+        listeners = await trio.open_tcp_listeners(
+            port if port is not None else server_config.port, host=host if host is not None else server_config.host
+        )
     # Sessions live in their own nursery so that closing the listener leaves them running.
     async with trio.open_nursery() as sessions:
+        server = WebSocketServer(
+            partial(handle_request, app),
+            listeners,
+            handler_nursery=sessions,
+            max_message_size=server_config.max_message_bytes,
+            connect_timeout=HANDSHAKE_TIMEOUT,
+            disconnect_timeout=HANDSHAKE_TIMEOUT,
+        )
         async with trio.open_nursery() as listening:
-            server = await listening.start(
-                partial(
-                    serve_websocket,
-                    partial(handle_request, app),
-                    host if host is not None else server_config.host,
-                    port if port is not None else server_config.port,
-                    None,
-                    handler_nursery=sessions,
-                    max_message_size=server_config.max_message_bytes,
-                    connect_timeout=HANDSHAKE_TIMEOUT,
-                    disconnect_timeout=HANDSHAKE_TIMEOUT,
-                )
-            )
+            await listening.start(server.run)
             bound = server.port
             log.info("devices connect to ws://%s:%d%s", host or server_config.host, bound, server_config.path)
             task_status.started(bound)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import trio
 
@@ -106,20 +108,23 @@ async def drain_sessions(app: App, tracker: ReplyTracker, grace: float) -> int:
 
 async def serve(
     app: App, ops: OpsServices, host: str | None, port: int | None, tracker: ReplyTracker,
-    *, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED,
+    *, sockets: Sequence[socket.socket] | None = None,
+    task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve devices and the HTTP side until ``app.sessions.draining`` is set, then drain and return.
 
-    ``task_status.started((websocket_port, http_port))`` once both listen.
+    ``sockets``: the (WebSocket, HTTP) listening sockets a ``--workers`` supervisor shares, instead
+    of binding ``host``/``port``. ``task_status.started((websocket_port, http_port))`` once both listen.
     """
+    device_socket, http_socket = sockets if sockets is not None else (None, None)
     async with trio.open_nursery() as nursery:
-        websocket_port = await nursery.start(serve_devices, app, host, port)
+        websocket_port = await nursery.start(partial(serve_devices, app, host, port, sock=device_socket))
         http_host = ops.settings.ota.host or (host if host is not None else app.config.server.host)
         http_scope = trio.CancelScope()
 
         async def http(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
             with http_scope:
-                await serve_http(ops, http_host, ops.settings.ota.port, task_status=task_status)
+                await serve_http(ops, http_host, ops.settings.ota.port, sock=http_socket, task_status=task_status)
 
         http_port = await nursery.start(http)
         task_status.started((websocket_port, http_port))
@@ -137,10 +142,12 @@ async def serve_until_stopped(
     *,
     signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
     on_ready: Callable[[int, int], None] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> int:
     """Run one server process until a signal, shut down gracefully, close the stores.
 
-    ``on_ready(websocket_port, http_port)`` is called once both listen. Returns the exit status:
+    ``on_ready(websocket_port, http_port)`` is called once both listen; ``sockets`` as in ``serve``.
+    Returns the exit status:
     0 after a graceful stop, 128 + signal number if a second signal cut it short. Must run in the
     main thread (signal handling).
     """
@@ -165,7 +172,7 @@ async def serve_until_stopped(
                             nursery.cancel_scope.cancel()
 
                 async def run_servers(*, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED) -> None:
-                    await serve(app, ops, host, port, tracker, task_status=task_status)
+                    await serve(app, ops, host, port, tracker, sockets=sockets, task_status=task_status)
                     nursery.cancel_scope.cancel()  # drained: stop watching for signals
 
                 nursery.start_soon(watch_signals)

@@ -56,6 +56,13 @@ class MemoryStore:
     async def put_state(self, agent: str, device_id: str, state: Mapping[str, Any]) -> None:
         self.states[(agent, device_id)] = json.loads(json.dumps(state))
 
+    async def swap_state(self, agent: str, device_id: str, state: Mapping[str, Any],
+                         expected: Mapping[str, Any] | None) -> dict[str, Any]:
+        current = self.states.get((agent, device_id))
+        if current is None or current == expected:
+            await self.put_state(agent, device_id, state)
+        return json.loads(json.dumps(self.states[(agent, device_id)]))
+
     async def load_history(self, agent: str, device_id: str, limit: int) -> list[dict[str, Any]]:
         return []
 
@@ -226,6 +233,26 @@ async def test_a_new_bot_gets_a_new_conversation(fake: FakeCoze, make_agent: Age
     await ask(make_agent(store, bot_id="7400000000000000002"), "二")
     created = fake.requests_to("/v1/conversation/create")
     assert [r.body["bot_id"] for r in created] == [FAKE_BOT_ID, "7400000000000000002"]
+
+
+async def test_a_conversation_another_server_stored_first_is_the_one_used(fake: FakeCoze, make_agent: AgentFactory) -> None:
+    store = MemoryStore()
+    first = make_agent(store)
+    await ask(first, "一")
+    theirs = store.states[("coze", "aa:bb:cc:dd:ee:01")]
+
+    class ReadBeforeTheOtherServerWrote(MemoryStore):
+        async def get_state(self, agent: str, device_id: str) -> dict[str, Any] | None:
+            return None  # this server read before the other stored its conversation
+
+    racing = ReadBeforeTheOtherServerWrote()
+    racing.states = store.states
+    await ask(make_agent(racing), "二")
+    # This server created a conversation too, but keeps using the one stored first.
+    assert paths(fake).count("/v1/conversation/create") == 2
+    chats = fake.requests_to("/v3/chat")
+    assert chats[-1].query["conversation_id"] == theirs["conversation_id"]
+    assert store.states[("coze", "aa:bb:cc:dd:ee:01")]["conversation_id"] == theirs["conversation_id"]
 
 
 async def test_a_deleted_conversation_is_replaced(fake: FakeCoze, make_agent: AgentFactory) -> None:

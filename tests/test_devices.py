@@ -1,9 +1,12 @@
-"""The device registry's life cycle, and the ``xiaozhi-trio devices`` command."""
+"""The device registry's life cycle (on SQLite and on PostgreSQL), races between servers, and the
+``xiaozhi-trio devices`` command."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +17,7 @@ from xiaozhi_trio.pipeline.tables import parse_table
 from xiaozhi_trio.pipeline.store.devices import CheckIn, DeviceRegistry, DevicesConfig
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE, open_database
 
+from tests.databases import OpenDatabase
 from tests.fakes.ops_server import WallClock
 
 MAC = "a4:cf:12:34:56:78"
@@ -25,17 +29,22 @@ def _no_env_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XIAOZHI_TRIO_SECRET", raising=False)
 
 
-def registry(tmp_path, clock: WallClock | None = None, **config) -> DeviceRegistry:
-    return DeviceRegistry(open_database(tmp_path / DATABASE_FILE), DevicesConfig(**config), clock=clock or WallClock())
+def registry(open_db: OpenDatabase, clock: WallClock | None = None, **config) -> DeviceRegistry:
+    """A registry on the test's database (each call: another connection, as another server would have)."""
+    return DeviceRegistry(open_db(), DevicesConfig(**config), clock=clock or WallClock())
+
+
+def file_registry(data_dir, clock: WallClock | None = None, **config) -> DeviceRegistry:
+    return DeviceRegistry(open_database(data_dir / DATABASE_FILE), DevicesConfig(**config), clock=clock or WallClock())
 
 
 def check_in(**kwargs) -> CheckIn:
     return CheckIn(**{"device_id": MAC, "client_id": UUID, "board": "bread-compact-wifi", "firmware_version": "2.0.3", **kwargs})
 
 
-async def test_life_cycle_pending_bound_revoked_and_back(tmp_path) -> None:
+async def test_life_cycle_pending_bound_revoked_and_back(open_db: OpenDatabase) -> None:
     clock = WallClock()
-    reg = registry(tmp_path, clock)
+    reg = registry(open_db, clock)
     device = await reg.check_in(check_in())
     assert device.state == "pending" and re.fullmatch(r"\d{6}", device.activation_code or "")
     assert device.first_seen == device.last_seen == clock.now
@@ -62,8 +71,8 @@ async def test_life_cycle_pending_bound_revoked_and_back(tmp_path) -> None:
     reg.close()
 
 
-async def test_activation_off_binds_on_first_check_in_but_not_after_revoke(tmp_path) -> None:
-    reg = registry(tmp_path, activation=False)
+async def test_activation_off_binds_on_first_check_in_but_not_after_revoke(open_db: OpenDatabase) -> None:
+    reg = registry(open_db, activation=False)
     assert (await reg.check_in(check_in())).state == "bound"
     # A new client id is simply taken over (anything that presents the id is admitted)...
     moved = await reg.check_in(check_in(client_id="new-uuid"))
@@ -75,8 +84,8 @@ async def test_activation_off_binds_on_first_check_in_but_not_after_revoke(tmp_p
     reg.close()
 
 
-async def test_a_second_client_id_gets_a_claim_and_keeps_the_binding_intact(tmp_path) -> None:
-    reg = registry(tmp_path)
+async def test_a_second_client_id_gets_a_claim_and_keeps_the_binding_intact(open_db: OpenDatabase) -> None:
+    reg = registry(open_db)
     first = await reg.check_in(check_in())
     await reg.bind_code(first.activation_code)
     claimant = await reg.check_in(check_in(client_id="imitator", board="evil-board", firmware_version="9.9.9"))
@@ -89,9 +98,9 @@ async def test_a_second_client_id_gets_a_claim_and_keeps_the_binding_intact(tmp_
     reg.close()
 
 
-async def test_codes_expire_and_are_unique(tmp_path) -> None:
+async def test_codes_expire_and_are_unique(open_db: OpenDatabase) -> None:
     clock = WallClock()
-    reg = registry(tmp_path, clock, code_ttl_minutes=1)
+    reg = registry(open_db, clock, code_ttl_minutes=1)
     devices = [await reg.check_in(check_in(device_id=f"02:00:00:00:00:{i:02x}")) for i in range(200)]
     codes = {d.activation_code for d in devices}
     assert len(codes) == 200
@@ -102,8 +111,8 @@ async def test_codes_expire_and_are_unique(tmp_path) -> None:
     reg.close()
 
 
-async def test_proof_and_approval_in_either_order(tmp_path) -> None:
-    reg = registry(tmp_path)
+async def test_proof_and_approval_in_either_order(open_db: OpenDatabase) -> None:
+    reg = registry(open_db)
     await reg.set_key("SN1", b"k" * 32)
     assert await reg.key_for("SN1") == b"k" * 32 and await reg.key_for("SN2") is None
     # Owner first: approved, then bound by the proof.
@@ -131,6 +140,67 @@ async def test_registry_is_shared_with_other_tables_in_one_file(tmp_path) -> Non
     reg.close()
 
 
+async def test_two_servers_binding_one_code_at_once_exactly_one_wins(open_db: OpenDatabase) -> None:
+    # Two registries with their own connections (PostgreSQL: their own pools), as two servers have.
+    servers = [registry(open_db), registry(open_db)]
+    devices = [await servers[0].check_in(check_in(device_id=f"02:00:00:00:01:{i:02x}")) for i in range(12)]
+    won: dict[str, list[int]] = {d.device_id: [] for d in devices}
+
+    async def bind(server: int, code: str) -> None:
+        result = await servers[server].bind_code(code)
+        if result is not None:
+            won[result.device_id].append(server)
+
+    async with trio.open_nursery() as nursery:
+        for device in devices:
+            for server in (0, 1, 0, 1):  # four owners typing the same code at once
+                nursery.start_soon(bind, server, device.activation_code)
+    assert all(len(winners) == 1 for winners in won.values()), won
+    for device in devices:
+        assert [e.action for e in await servers[1].history(device.device_id)] == ["bound"]
+        assert (await servers[1].get(device.device_id)).state == "bound"
+    for server in servers:
+        server.close()
+
+
+_BIND_IN_A_PROCESS = """
+import json, sys, trio
+from pathlib import Path
+from xiaozhi_trio.pipeline.store.database import database_config, open_shared_database
+from xiaozhi_trio.pipeline.store.devices import DeviceRegistry
+
+async def main():
+    reg = DeviceRegistry(open_shared_database(database_config(json.loads(sys.argv[1])), Path(".")))
+    sys.stdin.readline()  # both processes start binding together
+    won = []
+    async with trio.open_nursery() as nursery:
+        async def bind(code):
+            if await reg.bind_code(code) is not None:
+                won.append(code)
+        for code in sys.argv[2:]:
+            nursery.start_soon(bind, code)
+    print(json.dumps(won))
+    reg.close()
+
+trio.run(main)
+"""
+
+
+async def test_two_server_processes_binding_the_same_codes_each_code_is_won_once(
+    open_db: OpenDatabase, store_table: dict[str, str]
+) -> None:
+    reg = registry(open_db, WallClock(time.time()))  # the other processes run on the real clock
+    codes = [(await reg.check_in(check_in(device_id=f"02:00:00:00:02:{i:02x}"))).activation_code for i in range(16)]
+    command = [sys.executable, "-c", _BIND_IN_A_PROCESS, json.dumps(store_table), *codes]
+    processes = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = await trio.to_thread.run_sync(lambda: [p.communicate("go\n", timeout=60)[0] for p in processes])
+    assert all(p.returncode == 0 for p in processes)
+    won = [code for out in outputs for code in json.loads(out)]
+    assert sorted(won) == sorted(codes)  # every code bound, none twice
+    assert {d.state for d in await reg.list()} == {"bound"}
+    reg.close()
+
+
 def test_devices_config_parsing() -> None:
     assert parse_table("devices", DevicesConfig, {"activation": False}).activation is False
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[devices\]: activate"):
@@ -155,7 +225,7 @@ def run_cli(config_file, *args: str) -> int:
 
 def seed(config_file, tmp_path, *infos: CheckIn) -> list:
     async def go():
-        reg = registry(tmp_path / "data", WallClock(time.time()))  # the CLI runs on the real clock
+        reg = file_registry(tmp_path / "data", WallClock(time.time()))  # the CLI runs on the real clock
         result = [await reg.check_in(info) for info in infos]
         reg.close()
         return result
@@ -203,7 +273,7 @@ def test_cli_bind_by_device_id_and_key(config_file, tmp_path, capsys) -> None:
     assert run_cli(config_file, "key", "SN1", "ab" * 32) == 0
 
     async def stored() -> bytes | None:
-        reg = registry(tmp_path / "data")
+        reg = file_registry(tmp_path / "data")
         try:
             return await reg.key_for("SN1")
         finally:

@@ -261,6 +261,37 @@ async def test_websocket_url_follows_the_host_the_device_used(tmp_path) -> None:
             assert response.json()["websocket"]["url"] == expected, host
 
 
+async def test_each_device_is_given_one_server_of_the_list_always_the_same(tmp_path) -> None:
+    servers = [f"ws://voice{i}.lan:8000/xiaozhi/v1/" for i in range(3)]
+    macs = [f"02:00:00:00:00:{i:02x}" for i in range(30)]
+    async with running_ops(tmp_path, {"ota": {"websocket_urls": servers}}) as (_services, base), httpx.AsyncClient() as client:
+        given = {}
+        for mac in macs:
+            dev = device(client, base, mac=mac)
+            await dev.check_version()
+            first = dev.settings["url"]
+            await dev.check_version()
+            assert dev.settings["url"] == first  # stable across check-ins
+            given[mac] = first
+    assert set(given.values()) == set(servers)  # every server gets devices
+    # Without the last server, only its devices move (the others keep theirs).
+    async with running_ops(tmp_path, {"ota": {"websocket_urls": servers[:2]}}) as (_services, base), httpx.AsyncClient() as client:
+        for mac in macs:
+            dev = device(client, base, mac=mac)
+            await dev.check_version()
+            if given[mac] != servers[2]:
+                assert dev.settings["url"] == given[mac]
+
+
+def test_websocket_urls_must_be_websocket_urls() -> None:
+    from xiaozhi_trio.pipeline.backends import ConfigError
+    from xiaozhi_trio.pipeline.ops.ota import OtaConfig
+    from xiaozhi_trio.pipeline.tables import parse_table
+
+    with pytest.raises(ConfigError, match="ws:// or wss://"):
+        parse_table("ota", OtaConfig, {"websocket_urls": ["http://voice.lan:8000/"]})
+
+
 async def test_allow_list_refuses_strangers_without_storing_them(tmp_path) -> None:
     async with running_ops(tmp_path, {"auth": {"allowed_devices": ["A4:CF:12:34:56:78"]}}) as (services, base), httpx.AsyncClient() as client:
         stranger = device(client, base, mac="02:00:00:00:00:01")

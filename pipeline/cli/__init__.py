@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..backends import ConfigError
 from ..registry import Plugins
+from ..store.sqlite import DatabaseError
 
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS = [
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"xiaozhi-trio: configuration error: {e}", file=sys.stderr)
+        return 2
+    except DatabaseError as e:
+        print(f"xiaozhi-trio: database error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

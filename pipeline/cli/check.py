@@ -6,10 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import trio
+
 from ..app import App
 from ..backends import KINDS, ConfigError
 from ..config import load_config
 from ..ops.services import OpsConfig
+from ..registry import Plugins
+from ..store.context import StoreContext
+from ..store.sqlite import DatabaseError
 from . import add_config_argument, config_path
 
 
@@ -28,8 +33,18 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(path)
     OpsConfig.from_config(config)  # [ota], [auth], [devices], [metrics] are checked by their owners
     print(f"config: {path or 'built-in defaults'}: ok")
+    plugins = Plugins()
     try:
-        app = App.build(config)
+        devices = plugins.open_store("devices", config.store, StoreContext(config.server.data_path))
+        trio.run(devices.ping)
+    except DatabaseError as e:
+        print(f"store: {e}", file=sys.stderr)
+        return 1
+    database = getattr(devices, "database", None)
+    print(f"store: {config.store.backend}{f' {database.where}' if database is not None else ''}: ok")
+    devices.close()
+    try:
+        app = App.build(config, plugins)
     except ConfigError as e:
         print(f"backends: {e}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,13 +292,18 @@ async def serve(
     limits: HttpLimits,
     *,
     on_reject: RejectHook | None = None,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (``""``: all interfaces; port 0: any free port) and serve forever.
 
+    ``sock``: accept on this already listening socket (shared by several worker processes) instead.
     ``task_status.started(port)`` reports the bound port.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    if sock is not None:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
     counter = _ConnectionCounter()
 
     async def on_connection(stream: trio.SocketStream) -> None:

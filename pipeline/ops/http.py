@@ -19,6 +19,7 @@ Runs in the same trio process as the WebSocket server: ``nursery.start(serve_htt
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
@@ -38,6 +39,7 @@ from .h11server import (
     serve,
 )
 from .ota import handle_ota, handle_ota_hint
+from .worker_metrics import TEXT_CONTENT_TYPE
 from .talk_page import handle_talk, is_talk_path
 from .services import OpsConfig, OpsServices, build_ops_services
 
@@ -61,6 +63,9 @@ async def _healthz(services: OpsServices, request: Request) -> Response:
 
 
 async def _metrics(services: OpsServices, request: Request) -> Response:
+    shared = services.worker_metrics
+    if shared is not None:  # one of several worker processes: every worker's figures, labelled
+        return Response(200, shared.scrape().encode(), TEXT_CONTENT_TYPE)
     body, content_type = services.metrics.render(request.header("accept"))
     return Response(200, body, content_type)
 
@@ -135,11 +140,17 @@ def limits_for(services: OpsServices) -> HttpLimits:
 
 
 async def serve_http(
-    services: OpsServices, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    services: OpsServices,
+    host: str,
+    port: int,
+    *,
+    sock: socket.socket | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the operations routes on ``host:port`` until cancelled; ``task_status.started(bound_port)``.
 
-    ``host`` ``""`` listens on all interfaces; ``port`` 0 picks a free port (tests).
+    ``host`` ``""`` listens on all interfaces; ``port`` 0 picks a free port (tests). ``sock``: accept
+    on this already listening socket instead (shared by several worker processes).
     """
 
     async def handler(request: Request) -> Response:
@@ -148,4 +159,4 @@ async def serve_http(
     def on_reject(status: int) -> None:
         services.metrics.http_request("rejected", status, 0.0)
 
-    await serve(handler, host, port, limits_for(services), on_reject=on_reject, task_status=task_status)
+    await serve(handler, host, port, limits_for(services), on_reject=on_reject, sock=sock, task_status=task_status)

@@ -18,6 +18,7 @@ Never an ``mqtt`` block: with one, the firmware would ignore the WebSocket setti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -57,6 +58,10 @@ class OtaConfig:
     #: Base URL devices use to reach this HTTP server (firmware download links), e.g.
     #: ``http://192.168.1.10:8003``; empty: taken from the request's Host header.
     public_url: str = ""
+    #: Several servers without a load balancer: each device is told one of these WebSocket URLs,
+    #: always the same one for a device while the list stays (rendezvous hashing of its id, so
+    #: removing a server moves only that server's devices). Empty: ``[server] public_url``.
+    websocket_urls: tuple[str, ...] = ()
     #: Firmware images, ``<dir>/<board>/<version>.bin``; empty: ``<data_dir>/firmware``.
     firmware_dir: str = ""
     #: Largest request body in bytes (the firmware's system info is about 1-2 KB).
@@ -82,6 +87,9 @@ class OtaConfig:
         )
         require(not self.public_url or re.match(r"^https?://[^/\s]+", self.public_url) is not None,
                 f"[ota] public_url must be an http:// or https:// URL, not {self.public_url!r}")
+        for url in self.websocket_urls:
+            require(re.match(r"^wss?://[^/\s]+", url) is not None,
+                    f"[ota] websocket_urls must hold ws:// or wss:// URLs, not {url!r}")
         require(1024 <= self.max_body_bytes <= 64 * 1024 * 1024, "[ota] max_body_bytes must be between 1024 and 67108864")
         require(1024 <= self.max_header_bytes <= 1024 * 1024, "[ota] max_header_bytes must be between 1024 and 1048576")
         require(self.request_timeout > 0 and self.keepalive_timeout > 0, "[ota] request_timeout and keepalive_timeout must be positive")
@@ -187,8 +195,17 @@ def request_host(request: Request) -> tuple[str, str]:
     return bare, f"{bare}:{port}"
 
 
-def websocket_url(services: OpsServices, request: Request) -> str:
+def server_for(device_id: str, urls: tuple[str, ...]) -> str:
+    """The one of ``urls`` that ``device_id`` is given: the highest hash of (url, device id)."""
+    return max(urls, key=lambda url: hashlib.sha256(f"{url}\n{device_id}".encode()).digest())
+
+
+def websocket_url(services: OpsServices, request: Request, device_id: str = "") -> str:
+    """Where the device should open its WebSocket: one of ``[ota] websocket_urls``, else
+    ``[server] public_url``, else this server as the device reached it."""
     server = services.config.server
+    if services.ops.ota.websocket_urls:
+        return server_for(device_id, services.ops.ota.websocket_urls)
     if server.public_url:
         return server.public_url
     host, _ = request_host(request)
@@ -216,7 +233,7 @@ def build_reply(services: OpsServices, request: Request, check_in: CheckIn, devi
     admitted = device.bound and device.client_id == check_in.client_id
     reply: dict[str, Any] = {
         "websocket": {
-            "url": websocket_url(services, request),
+            "url": websocket_url(services, request, device.device_id),
             "token": services.auth.issue(device) if admitted else "",
             "version": ota.websocket_version,
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,8 @@ from ..config import Config
 from ..registry import Plugins
 from ..store.context import StoreContext
 from ..store.devices import DevicesConfig, DeviceStore
-from .auth import AuthConfig, AuthPolicy, TokenSigner, load_secret
+from ..store.secret import shared_secret
+from .auth import SECRET_ENV, AuthConfig, AuthPolicy, TokenSigner, load_secret
 from .firmware import FirmwareFolder
 from .metrics import Metrics, MetricsConfig
 from .ota import OtaConfig
@@ -57,6 +59,8 @@ class OpsServices:
     session_count: Callable[[], int] | None = None
     #: Unix time (server_time in the OTA reply, token expiry, activation codes).
     clock: Callable[[], float] = time.time
+    #: In a worker of ``serve --workers N``: publishes this worker's metrics and merges its siblings'.
+    worker_metrics: WorkerMetrics | None = None
 
     @property
     def sessions(self) -> int:
@@ -87,6 +91,11 @@ def build_ops_services(
     """Parse the ops tables, open the device store (``[store] backend``'s, from ``plugins``, unless one
     is given: it should then use ``OpsConfig.from_config(config).devices``), load or create the server
     secret, and bundle it all. Synchronous: call at startup.
+
+    The secret comes from ``$XIAOZHI_TRIO_SECRET`` if set, else from the device store's database when
+    it is a shared PostgreSQL (every server then accepts every token), else from
+    ``<data_dir>/secret.key``. Raises ``ConfigError`` for a wrong table and ``DatabaseError`` for an
+    unreachable database.
     """
     settings = OpsConfig.from_config(config)
     data_dir = config.server.data_path
@@ -94,7 +103,11 @@ def build_ops_services(
         plugins = plugins or Plugins()
         registry = plugins.open_store("devices", config.store, StoreContext(data_dir, settings.devices, clock))
     metrics = metrics or Metrics()
-    signer = TokenSigner(load_secret(data_dir))
+    database = getattr(registry, "database", None)  # the built-in stores' shared database
+    if database is not None and database.dialect == "postgres" and not os.environ.get(SECRET_ENV):
+        signer = TokenSigner(shared_secret(database))
+    else:
+        signer = TokenSigner(load_secret(data_dir))
     auth = AuthPolicy(settings.auth, signer, registry, metrics=metrics, clock=clock)
     firmware_dir = Path(settings.ota.firmware_dir).expanduser() if settings.ota.firmware_dir else data_dir / "firmware"
     return OpsServices(config, settings, registry, auth, metrics, FirmwareFolder(firmware_dir), session_count, clock)

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..protocol.identity import normalise_device_id
 from ..tables import require
-from .sqlite import Database, open_database
+from .database import SqlDatabase
+from .sqlite import open_database
 
 log = logging.getLogger(__name__)
 
@@ -192,27 +192,53 @@ class DeviceStore(Protocol):
         ...
 
 
-_MIGRATIONS = [
-    (
-        "CREATE TABLE devices ("
-        " device_id TEXT PRIMARY KEY, client_id TEXT NOT NULL DEFAULT '', board TEXT NOT NULL DEFAULT '',"
-        " board_type TEXT NOT NULL DEFAULT '', firmware_version TEXT NOT NULL DEFAULT '',"
-        " serial_number TEXT NOT NULL DEFAULT '', activation_version INTEGER NOT NULL DEFAULT 1,"
-        " language TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',"
-        " first_seen REAL NOT NULL, last_seen REAL NOT NULL,"
-        " bound INTEGER NOT NULL DEFAULT 0, bound_at REAL, revoked_at REAL,"
-        " token_generation INTEGER NOT NULL DEFAULT 0,"
-        " claim_client_id TEXT, activation_code TEXT UNIQUE, activation_challenge TEXT, activation_expires REAL,"
-        " claim_approved INTEGER NOT NULL DEFAULT 0, claim_proven INTEGER NOT NULL DEFAULT 0)"
-    ),
-    (
-        "CREATE TABLE device_bindings ("
-        " id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, client_id TEXT NOT NULL,"
-        " action TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL DEFAULT '')"
-    ),
-    "CREATE INDEX device_bindings_by_device ON device_bindings (device_id, id)",
-    "CREATE TABLE device_keys (serial_number TEXT PRIMARY KEY, hmac_key BLOB NOT NULL, added_at REAL NOT NULL)",
-]
+#: The tables per dialect: append new steps to both lists, never edit or reorder old ones.
+_MIGRATIONS = {
+    "sqlite": [
+        (
+            "CREATE TABLE devices ("
+            " device_id TEXT PRIMARY KEY, client_id TEXT NOT NULL DEFAULT '', board TEXT NOT NULL DEFAULT '',"
+            " board_type TEXT NOT NULL DEFAULT '', firmware_version TEXT NOT NULL DEFAULT '',"
+            " serial_number TEXT NOT NULL DEFAULT '', activation_version INTEGER NOT NULL DEFAULT 1,"
+            " language TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',"
+            " first_seen REAL NOT NULL, last_seen REAL NOT NULL,"
+            " bound INTEGER NOT NULL DEFAULT 0, bound_at REAL, revoked_at REAL,"
+            " token_generation INTEGER NOT NULL DEFAULT 0,"
+            " claim_client_id TEXT, activation_code TEXT UNIQUE, activation_challenge TEXT, activation_expires REAL,"
+            " claim_approved INTEGER NOT NULL DEFAULT 0, claim_proven INTEGER NOT NULL DEFAULT 0)"
+        ),
+        (
+            "CREATE TABLE device_bindings ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, client_id TEXT NOT NULL,"
+            " action TEXT NOT NULL, at REAL NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+        ),
+        "CREATE INDEX device_bindings_by_device ON device_bindings (device_id, id)",
+        "CREATE TABLE device_keys (serial_number TEXT PRIMARY KEY, hmac_key BLOB NOT NULL, added_at REAL NOT NULL)",
+    ],
+    "postgres": [
+        (
+            "CREATE TABLE devices ("
+            " device_id TEXT PRIMARY KEY, client_id TEXT NOT NULL DEFAULT '', board TEXT NOT NULL DEFAULT '',"
+            " board_type TEXT NOT NULL DEFAULT '', firmware_version TEXT NOT NULL DEFAULT '',"
+            " serial_number TEXT NOT NULL DEFAULT '', activation_version INTEGER NOT NULL DEFAULT 1,"
+            " language TEXT NOT NULL DEFAULT '', address TEXT NOT NULL DEFAULT '',"
+            " first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,"
+            " bound INTEGER NOT NULL DEFAULT 0, bound_at DOUBLE PRECISION, revoked_at DOUBLE PRECISION,"
+            " token_generation INTEGER NOT NULL DEFAULT 0,"
+            " claim_client_id TEXT, activation_code TEXT UNIQUE, activation_challenge TEXT,"
+            " activation_expires DOUBLE PRECISION,"
+            " claim_approved INTEGER NOT NULL DEFAULT 0, claim_proven INTEGER NOT NULL DEFAULT 0)"
+        ),
+        (
+            "CREATE TABLE device_bindings ("
+            " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, device_id TEXT NOT NULL, client_id TEXT NOT NULL,"
+            " action TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+        ),
+        "CREATE INDEX device_bindings_by_device ON device_bindings (device_id, id)",
+        "CREATE TABLE device_keys (serial_number TEXT PRIMARY KEY, hmac_key BYTEA NOT NULL,"
+        " added_at DOUBLE PRECISION NOT NULL)",
+    ],
+}
 
 _COLUMNS = (
     "device_id, client_id, board, board_type, firmware_version, serial_number, activation_version, language,"
@@ -221,7 +247,7 @@ _COLUMNS = (
 )
 
 
-def _device(row: sqlite3.Row) -> Device:
+def _device(row: Any) -> Device:
     return Device(
         device_id=row["device_id"], client_id=row["client_id"], board=row["board"], board_type=row["board_type"],
         firmware_version=row["firmware_version"], serial_number=row["serial_number"],
@@ -234,19 +260,19 @@ def _device(row: sqlite3.Row) -> Device:
     )
 
 
-def _select(c: sqlite3.Connection, device_id: str) -> Device | None:
+def _select(c: Any, device_id: str) -> Device | None:
     row = c.execute(f"SELECT {_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     return _device(row) if row else None
 
 
-def _history(c: sqlite3.Connection, device_id: str, client_id: str, action: str, now: float, detail: str = "") -> None:
+def _history(c: Any, device_id: str, client_id: str, action: str, now: float, detail: str = "") -> None:
     c.execute(
         "INSERT INTO device_bindings (device_id, client_id, action, at, detail) VALUES (?, ?, ?, ?, ?)",
         (device_id, client_id, action, now, detail),
     )
 
 
-def _new_code(c: sqlite3.Connection) -> str:
+def _new_code(c: Any) -> str:
     # Six digits, as the firmware speaks them one by one; unique among all stored codes.
     while True:
         code = f"{secrets.randbelow(1_000_000):06d}"
@@ -254,7 +280,7 @@ def _new_code(c: sqlite3.Connection) -> str:
             return code
 
 
-def _open_claim(c: sqlite3.Connection, device: Device, client_id: str, now: float, ttl: float) -> None:
+def _open_claim(c: Any, device: Device, client_id: str, now: float, ttl: float) -> None:
     """Keep an unexpired claim for the same client (the code must not change while typed); else a new one."""
     if device.claim_for(client_id, now):
         return
@@ -272,7 +298,7 @@ def _clear_claim_sql() -> str:
     )
 
 
-def _bind(c: sqlite3.Connection, device: Device, client_id: str, now: float, action: str) -> None:
+def _bind(c: Any, device: Device, client_id: str, now: float, action: str) -> None:
     # A binding for another client id than before makes the old client's tokens worthless.
     bump = 1 if (device.client_id != client_id and device.bound) else 0
     c.execute(
@@ -284,14 +310,15 @@ def _bind(c: sqlite3.Connection, device: Device, client_id: str, now: float, act
 
 
 class DeviceRegistry:
-    """Devices and bindings in the shared SQLite database. Every method is safe to call concurrently."""
+    """Devices and bindings in the shared database (SQLite or PostgreSQL). Every method is safe to call
+    concurrently, also from several servers sharing a PostgreSQL database."""
 
-    def __init__(self, database: Database, config: DevicesConfig | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: SqlDatabase, config: DevicesConfig | None = None, *, clock: Callable[[], float] = time.time) -> None:
         """Use ``database`` (migrating the device tables now, synchronously); ``clock`` gives Unix time."""
         self.database = database
         self.config = config or DevicesConfig()
         self._clock = clock
-        database.migrate("devices", _MIGRATIONS)
+        database.migrate("devices", _MIGRATIONS[database.dialect])
 
     @classmethod
     def open(cls, path: Path, config: DevicesConfig | None = None) -> DeviceRegistry:
@@ -340,7 +367,7 @@ class DeviceRegistry:
         now = self._clock()
         device_id = normalise_device_id(info.device_id)
 
-        def details(c: sqlite3.Connection, *, client_id: str | None = None) -> None:
+        def details(c: Any, *, client_id: str | None = None) -> None:
             c.execute(
                 "UPDATE devices SET client_id = coalesce(?, client_id), board=?, board_type=?, firmware_version=?,"
                 " serial_number=?, activation_version=?, language=?, address=?, last_seen=? WHERE device_id=?",
@@ -348,7 +375,7 @@ class DeviceRegistry:
                  info.activation_version, info.language, info.address, now, device_id),
             )
 
-        def write(c: sqlite3.Connection) -> Device:
+        def write(c: Any) -> Device:
             device = _select(c, device_id)
             if device is None:
                 c.execute(
@@ -397,7 +424,7 @@ class DeviceRegistry:
         device = await self.get(rows[0][0])
         needs = device is not None and await self.needs_proof(device)
 
-        def write(c: sqlite3.Connection) -> Device | None:
+        def write(c: Any) -> Device | None:
             current = _select(c, rows[0][0])
             if current is None or current.activation_code != code or not current.claim_for(current.claim_client_id or "", now):
                 return None
@@ -420,7 +447,7 @@ class DeviceRegistry:
         now = self._clock()
         device_id = normalise_device_id(device_id)
 
-        def write(c: sqlite3.Connection) -> Device | None:
+        def write(c: Any) -> Device | None:
             device = _select(c, device_id)
             if device is None or not proven or not device.claim_for(client_id, now):
                 return device
@@ -440,7 +467,7 @@ class DeviceRegistry:
         now = self._clock()
         device_id = normalise_device_id(device_id)
 
-        def write(c: sqlite3.Connection) -> Device:
+        def write(c: Any) -> Device:
             device = _select(c, device_id)
             if device is None:
                 c.execute(
@@ -461,7 +488,7 @@ class DeviceRegistry:
         now = self._clock()
         device_id = normalise_device_id(device_id)
 
-        def write(c: sqlite3.Connection) -> Device | None:
+        def write(c: Any) -> Device | None:
             device = _select(c, device_id)
             if device is None:
                 return None

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..backends import BackendError
+
 log = logging.getLogger(__name__)
 
 #: The database file every table owner shares, inside the data folder.
@@ -39,15 +41,73 @@ T = TypeVar("T")
 Params = Sequence[Any]
 
 
-class DatabaseError(Exception):
-    """The database could not be opened, migrated or queried; the message names the file."""
+class DatabaseError(BackendError):
+    """The database could not be opened, migrated or queried; the message names the database.
+
+    A ``BackendError``: when it happens inside a turn (an agent reading its memory) the turn ends
+    with the apology and the session goes on.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="database")
 
 
-class Database:
+class ThreadedDatabase:
+    """The async API both databases share: each call runs in a worker thread through ``_run``.
+
+    Subclasses provide ``_run(fn)`` (run ``fn(connection)`` in a worker thread, translating driver
+    errors into ``DatabaseError``), ``_in_transaction(fn)`` (wrap ``fn`` so that it runs in one
+    transaction) and ``_limiter`` (how many worker threads may wait for the database at once).
+    """
+
+    _limiter: trio.CapacityLimiter
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        raise NotImplementedError
+
+    def _in_transaction(self, fn: Callable[[Any], T]) -> Callable[[Any], T]:
+        raise NotImplementedError
+
+    # ---- async API ---------------------------------------------------------------------------
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement (committed at once); return the number of rows it changed."""
+        return await trio.to_thread.run_sync(
+            self._run, lambda c: c.execute(sql, params).rowcount, limiter=self._limiter
+        )
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        """Run one statement for each parameter row, all in one transaction."""
+        rows = list(rows)
+        return await self.transaction(lambda c: c.executemany(sql, rows).rowcount)
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Any]:
+        """Run a query and return all its rows (indexable by position and by column name)."""
+        return await trio.to_thread.run_sync(
+            self._run, lambda c: c.execute(sql, params).fetchall(), limiter=self._limiter
+        )
+
+    async def transaction(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` in a worker thread inside one transaction; return its result.
+
+        ``fn`` must be synchronous and quick; if it raises, nothing it did is kept.
+        """
+        return await trio.to_thread.run_sync(self._run, self._in_transaction(fn), limiter=self._limiter)
+
+    def run_now(self, fn: Callable[[Any], T]) -> T:
+        """``transaction`` for startup code that has no event loop yet (synchronous)."""
+        return self._run(self._in_transaction(fn))
+
+
+class Database(ThreadedDatabase):
     """One SQLite connection, serialised behind a lock and used from worker threads."""
+
+    #: Which migrations the table owners apply (``"sqlite"`` or ``"postgres"``).
+    dialect = "sqlite"
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
+        self.where = str(path)
         self._connection: sqlite3.Connection | None = connection
         # The connection is used from whichever worker thread runs a query; one at a time.
         self._lock = threading.Lock()
@@ -65,8 +125,7 @@ class Database:
             except sqlite3.Error as e:
                 raise DatabaseError(f"database {self.path}: {e}") from e
 
-    @staticmethod
-    def _in_transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
         def run(connection: sqlite3.Connection) -> T:
             # IMMEDIATE takes the write lock up front, so two writers never deadlock on an upgrade.
             connection.execute("BEGIN IMMEDIATE")
@@ -80,32 +139,6 @@ class Database:
 
         return run
 
-    # ---- async API ---------------------------------------------------------------------------
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        """Run one statement (committed at once); return the number of rows it changed."""
-        return await trio.to_thread.run_sync(
-            self._run, lambda c: c.execute(sql, params).rowcount, limiter=self._limiter
-        )
-
-    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
-        """Run one statement for each parameter row, all in one transaction."""
-        rows = list(rows)
-        return await self.transaction(lambda c: c.executemany(sql, rows).rowcount)
-
-    async def fetch(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run a query and return all its rows (indexable by position and by column name)."""
-        return await trio.to_thread.run_sync(
-            self._run, lambda c: c.execute(sql, params).fetchall(), limiter=self._limiter
-        )
-
-    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` in a worker thread inside one transaction; return its result.
-
-        ``fn`` must be synchronous and quick; if it raises, nothing it did is kept.
-        """
-        return await trio.to_thread.run_sync(self._run, self._in_transaction(fn), limiter=self._limiter)
-
     # ---- startup-time API --------------------------------------------------------------------
 
     def migrate(self, name: str, statements: Sequence[str]) -> int:
@@ -117,22 +150,7 @@ class Database:
         """
 
         def step(connection: sqlite3.Connection) -> int | None:
-            row = connection.execute("SELECT version FROM schema_versions WHERE owner = ?", (name,)).fetchone()
-            version = row[0] if row else 0
-            if version > len(statements):
-                raise DatabaseError(
-                    f"database {self.path}: the {name!r} tables are at schema version {version}, newer "
-                    f"than this program knows ({len(statements)}); upgrade xiaozhi-trio"
-                )
-            if version == len(statements):
-                return None
-            connection.execute(statements[version])
-            connection.execute(
-                "INSERT INTO schema_versions (owner, version) VALUES (?, ?) "
-                "ON CONFLICT (owner) DO UPDATE SET version = excluded.version",
-                (name, version + 1),
-            )
-            return version + 1
+            return migration_step(connection, name, statements, f"database {self.path}")
 
         self._run(
             lambda c: c.execute(
@@ -153,6 +171,30 @@ class Database:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+
+
+def migration_step(connection: Any, name: str, statements: Sequence[str], where: str) -> int | None:
+    """Apply ``name``'s next migration step inside the caller's transaction; None if up to date.
+
+    Shared by both databases (``connection`` takes ``?`` placeholders); ``where`` names the database
+    in the error for a schema newer than this program.
+    """
+    row = connection.execute("SELECT version FROM schema_versions WHERE owner = ?", (name,)).fetchone()
+    version = row[0] if row else 0
+    if version > len(statements):
+        raise DatabaseError(
+            f"{where}: the {name!r} tables are at schema version {version}, newer "
+            f"than this program knows ({len(statements)}); upgrade xiaozhi-trio"
+        )
+    if version == len(statements):
+        return None
+    connection.execute(statements[version])
+    connection.execute(
+        "INSERT INTO schema_versions (owner, version) VALUES (?, ?) "
+        "ON CONFLICT (owner) DO UPDATE SET version = excluded.version",
+        (name, version + 1),
+    )
+    return version + 1
 
 
 def open_database(path: Path) -> Database:

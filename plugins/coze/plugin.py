@@ -83,6 +83,13 @@ class _ProcessMemory:
     async def put_state(self, agent: str, device_id: str, state: Mapping[str, Any]) -> None:
         self._states[(agent, device_id)] = dict(state)
 
+    async def swap_state(self, agent: str, device_id: str, state: Mapping[str, Any],
+                         expected: Mapping[str, Any] | None) -> dict[str, Any]:
+        current = self._states.get((agent, device_id))
+        if current is None or current == expected:
+            self._states[(agent, device_id)] = current = dict(state)
+        return dict(current)
+
 
 @dataclass
 class _ChatInProgress:
@@ -143,7 +150,8 @@ class CozeAgent:
         lock = self._locks.setdefault(device_id, trio.Lock())
         try:
             async with lock:  # a device reconnecting mid-turn must not get two conversations
-                state = await self.store.get_state(AGENT_KEY, device_id) or {}
+                previous = await self.store.get_state(AGENT_KEY, device_id)
+                state = previous or {}
                 if (state.get("conversation_id") and state["conversation_id"] != replace
                         and state.get("bot_id") == self.settings.bot_id
                         and state.get("base_url") == self.settings.base_url):
@@ -153,7 +161,13 @@ class CozeAgent:
                     bot_id=self.settings.bot_id, meta_data={"user_id": user_id})
                 state = {"conversation_id": conversation_id, "bot_id": self.settings.bot_id,
                          "base_url": self.settings.base_url, "user_id": user_id}
-                await self.store.put_state(AGENT_KEY, device_id, state)
+                # Another server (the device reconnected elsewhere) may have stored one meanwhile:
+                # keep whichever was stored first, so the device has one conversation, not two.
+                stored = await self.store.swap_state(AGENT_KEY, device_id, state, previous)
+                if stored.get("conversation_id") != conversation_id:
+                    log.info("device %s: another server started Coze conversation %s first; using it",
+                             device_id, stored.get("conversation_id"))
+                    return stored
                 log.info("device %s: new Coze conversation %s with bot %s", device_id, conversation_id,
                          self.settings.bot_id)
                 return state

@@ -146,7 +146,9 @@ def _is_usage_chunk(event: dict[str, Any] | bytes) -> bool:
 
 
 class FakeOpenAI:
-    def __init__(self) -> None:
+    def __init__(self, route: str = "/chat/completions") -> None:
+        #: The endpoint it answers (``/audio/speech`` for the speech API); others get 404.
+        self.route = route
         self.requests: list[Recorded] = []
         self._script: deque[Script] = deque()
         #: Set when a client hangs up before a streamed answer is complete.
@@ -208,7 +210,7 @@ class FakeOpenAI:
         return recorded
 
     def _next_reply(self, request: Recorded) -> Reply:
-        if request.method != "POST" or not request.path.endswith("/chat/completions"):
+        if request.method != "POST" or not request.path.endswith(self.route):
             return HttpReply(
                 404,
                 {"error": {"message": f"no route {request.method} {request.path}", "type": "invalid_request_error"}},
