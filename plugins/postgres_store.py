@@ -45,10 +45,10 @@ class PostgresStoreOptions:
 
 def _database(options: Mapping[str, Any]) -> tuple[PostgresStoreOptions, Any]:
     settings = parse_table("store", PostgresStoreOptions, options)
+    if not settings.url:
+        raise ConfigError('[store] backend "postgres" needs url = "postgresql://user:password@host:port/dbname"')
     where = database_config({"url": settings.url, "pool_size": settings.pool_size,
                              "connect_timeout": settings.connect_timeout})
-    if not where.is_postgres:
-        raise ConfigError('[store] backend "postgres" needs url = "postgresql://user:password@host:port/dbname"')
     return settings, where
 
 

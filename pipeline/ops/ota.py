@@ -204,8 +204,8 @@ def websocket_url(services: OpsServices, request: Request, device_id: str = "") 
     """Where the device should open its WebSocket: one of ``[ota] websocket_urls``, else
     ``[server] public_url``, else this server as the device reached it."""
     server = services.config.server
-    if services.ops.ota.websocket_urls:
-        return server_for(device_id, services.ops.ota.websocket_urls)
+    if services.settings.ota.websocket_urls:
+        return server_for(device_id, services.settings.ota.websocket_urls)
     if server.public_url:
         return server.public_url
     host, _ = request_host(request)
