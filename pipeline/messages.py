@@ -158,6 +158,18 @@ class AgentText:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentFailed:
+    """The agent's answer broke off. The sentence it was in the middle of is not finished, so it
+    is dropped (or ended at its last complete clause); ``apology`` is spoken instead."""
+
+    apology: str
+
+
+#: What the agent stage hands to the sentence splitter.
+AgentOutput = AgentText | AgentFailed
+
+
+@dataclass(frozen=True, slots=True)
 class Emotion:
     """The face the device should show (sent as the ``llm`` message)."""
 

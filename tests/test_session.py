@@ -9,8 +9,10 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from xiaozhi_trio.pipeline.audio.opus import OpusDecoder
+from xiaozhi_trio.pipeline.backends import BackendError
 from xiaozhi_trio.pipeline.config import RecordingConfig
 from xiaozhi_trio.pipeline.events import FirstAudio, SessionError, SessionOpened, TurnEnded
+from xiaozhi_trio.pipeline.messages import AgentText
 
 from .fakes.backends import speech
 from .harness import make_app, open_device
@@ -230,8 +232,8 @@ async def test_agent_failure_is_apologised_for_and_the_session_goes_on(tmp_path,
         await device.listen_start("auto")
         await device.speak(speech("first"))
         reply = await device.receive_reply()
-        assert reply.sentences[0] == "Well, the answer"
-        assert " ".join(reply.sentences[1:]) == app.config.session.apology_text
+        # "Well, the answer" was unfinished: the device hears only the apology.
+        assert " ".join(reply.sentences) == app.config.session.apology_text
         fakes.agent.fail_after = None
         await device.listen_start("auto")
         await device.speak(speech("second"))
@@ -239,6 +241,48 @@ async def test_agent_failure_is_apologised_for_and_the_session_goes_on(tmp_path,
     assert second.stt == "second"
     assert any(e.kind.startswith("agent:") for e in events.of(SessionError))
     assert [e.outcome for e in events.of(TurnEnded)] == ["failed", "completed"]
+
+
+def agent_failing_after(*deltas: str):
+    """A stand-in for ``FakeAgent.respond``: streams ``deltas``, then fails."""
+
+    async def respond(request, send):
+        for delta in deltas:
+            await send.send(AgentText(delta))
+            await trio.sleep(0.05)
+        raise BackendError("the stream broke off", kind="stream_cut")
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("deltas", "heard"),
+    [
+        # Half a word: dropped, with the rest of its sentence.
+        (("The weather is", " fine today. The we"), ["The weather is fine today."]),
+        (("The we",), []),
+        # An unfinished sentence ends at its last complete clause.
+        (("Sure. Tomorrow will be sunny,", " with a high of tw"), ["Sure.", "Tomorrow will be sunny,"]),
+        (("明天是晴天，", "最高气温二十"), ["明天是晴天，"]),
+        # A number cut after its point is not a sentence end.
+        (("It is 3.",), []),
+    ],
+)
+async def test_an_agent_failing_mid_sentence_drops_the_fragment_before_the_apology(
+    tmp_path, autojump_clock, deltas, heard
+):
+    app, fakes, events = make_app(tmp_path)
+    fakes.agent.respond = agent_failing_after(*deltas)  # type: ignore[method-assign]
+    apology = app.config.session.apology_text
+    async with open_device(app) as device:
+        await device.listen_start("auto")
+        await device.speak(speech("what about tomorrow"))
+        reply = await device.receive_reply()
+    assert reply.sentences[: len(heard)] == heard
+    assert " ".join(reply.sentences[len(heard) :]) == apology
+    assert fakes.tts.spoken == reply.sentences
+    assert [m["text"] for m in reply.messages if m.get("state") == "sentence_end"] == reply.sentences
+    assert [e.outcome for e in events.of(TurnEnded)] == ["failed"]
 
 
 async def test_tts_failure_still_shows_the_sentence(tmp_path, autojump_clock):

@@ -392,6 +392,53 @@ def test_reset_drops_an_interrupted_reply() -> None:
     assert splitter.feed("New reply. ") + splitter.flush() == [Sentence("New reply.")]
 
 
+def abandoned(*deltas: str) -> list[Item]:
+    splitter = SentenceSplitter()
+    items = [item for delta in deltas for item in splitter.feed(delta)]
+    return items + splitter.abandon()
+
+
+@pytest.mark.parametrize(
+    ("deltas", "expected"),
+    [
+        (("The weather is fine today. The we",), ["The weather is fine today."]),
+        (("The weather is fine today.",), ["The weather is fine today."]),
+        (("The we",), []),
+        (("Well, the answer",), []),  # "Well," is too short to stand alone
+        (("OK. It is sunny today, with a high of tw",), ["OK.", "It is sunny today,"]),
+        (("OK. It is sunny today, with a high of twenty, ", "and lo"), ["OK.", "It is sunny today, with a high of twenty,"]),
+        (("今天天气很好，最高气温",), ["今天天气很好，"]),
+        (("好的。明天，",), ["好的。"]),
+        (("It is 3.",), []),
+        (("We meet at 10:",), []),
+        (("Say hi to Mr.",), []),
+        (("😊 Hello the",), []),
+    ],
+)
+def test_abandon_keeps_only_what_was_complete(deltas: tuple[str, ...], expected: list[str]) -> None:
+    assert [item.text for item in abandoned(*deltas) if isinstance(item, Sentence)] == expected
+
+
+def test_abandon_keeps_the_emotion_and_leaves_the_splitter_ready() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("😊") == []  # a joined emoji may still follow
+    assert splitter.abandon() == [Emotion("happy", "😊")]
+    assert splitter.feed("Sorry, something went wrong. ") + splitter.flush() == [Sentence("Sorry, something went wrong.")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_abandon_says_a_prefix_of_the_reply(data: st.DataObject) -> None:
+    text = data.draw(reply_text())
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    pieces = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+    said = "".join(no_space(item.text) for item in abandoned(*pieces) if isinstance(item, Sentence))
+    assert no_space(clean_text(text)).startswith(said)
+    complete = [item for item in split(text) if isinstance(item, Sentence)]
+    # Every sentence the whole reply would have had, except its last, is kept.
+    assert len(said) >= len("".join(no_space(s.text) for s in complete[:-1]))
+
+
 # --------------------------------------------------------------------------------------------
 # The trio stage
 # --------------------------------------------------------------------------------------------

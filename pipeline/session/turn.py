@@ -18,7 +18,7 @@ from trio_websocket import ConnectionClosed
 from ..audio.opus import OpusEncoder
 from ..backends import AgentRequest, BackendError, ToolBox
 from ..events import AgentUsage, FirstAgentText, FirstAudio, FirstSentence, SessionError
-from ..messages import AgentText, EncodedOutput, PcmChunk, Sentence, SpeechOutput, SplitterOutput
+from ..messages import AgentOutput, EncodedOutput, PcmChunk, Sentence, SpeechOutput, SplitterOutput
 from ..protocol.outbox import DeviceNotReading
 from ..stages.agent import ask_agent, speak_text
 from ..stages.encoder import encode_speech
@@ -115,7 +115,7 @@ async def _reply(ctx: SessionContext, start: StartTurn, tally: _Tally, tools: To
     audio = ctx.config.audio
     session = ctx.config.session
     number = start.number
-    agent_send, agent_receive = trio.open_memory_channel[AgentText](0)
+    agent_send, agent_receive = trio.open_memory_channel[AgentOutput](0)
     sentence_send, sentence_receive = trio.open_memory_channel[SplitterOutput](SENTENCE_BUFFER)
     speech_send, speech_receive = trio.open_memory_channel[SpeechOutput](0)
     packet_send, packet_receive = trio.open_memory_channel[EncodedOutput](PACKET_BUFFER)

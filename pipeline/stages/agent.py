@@ -9,7 +9,7 @@ from collections.abc import Callable
 import trio
 
 from ..backends import Agent, AgentRequest, BackendError
-from ..messages import AgentText
+from ..messages import AgentFailed, AgentOutput, AgentText
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 async def ask_agent(
     agent: Agent,
     request: AgentRequest,
-    send: trio.MemorySendChannel[AgentText],
+    send: trio.MemorySendChannel[AgentOutput],
     *,
     apology: str,
     on_first_text: Callable[[], None],
@@ -25,20 +25,21 @@ async def ask_agent(
 ) -> None:
     """Run the agent and relay its answer into ``send``, then close it.
 
-    On ``BackendError`` the answer so far stands and the apology follows as a sentence of its
-    own. The relay's buffer is unbounded so the agent's network stream is always drained at
+    On ``BackendError`` the complete sentences so far stand, and an ``AgentFailed`` carrying the
+    apology follows (the splitter drops the unfinished sentence before it). The relay's buffer is unbounded so the agent's network stream is always drained at
     network speed, whatever TTS is doing (answers are small text).
     """
     answer_send, answer_receive = trio.open_memory_channel[AgentText](math.inf)
+    failed = False
 
     async def run_agent() -> None:
+        nonlocal failed
         with answer_send:
             try:
                 await agent.respond(request, answer_send)
             except BackendError as e:
                 on_error(e)
-                # A newline ends whatever sentence the agent was in the middle of.
-                await answer_send.send(AgentText("\n" + apology))
+                failed = True
 
     with send:
         async with trio.open_nursery() as nursery:
@@ -50,9 +51,11 @@ async def ask_agent(
                         first = False
                         on_first_text()
                     await send.send(delta)
+        if failed:
+            await send.send(AgentFailed(apology))
 
 
-async def speak_text(text: str, send: trio.MemorySendChannel[AgentText]) -> None:
+async def speak_text(text: str, send: trio.MemorySendChannel[AgentOutput]) -> None:
     """A fixed reply (goodbye, apology) in place of the agent."""
     with send:
         await send.send(AgentText(text))

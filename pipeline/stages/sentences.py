@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import trio
 
-from ..messages import AgentText, Emotion, Sentence
+from ..messages import AgentFailed, AgentOutput, AgentText, Emotion, Sentence
 from ..text.splitter import SentenceSplitter
 
 
 async def split_sentences(
-    receive: trio.MemoryReceiveChannel[AgentText],
+    receive: trio.MemoryReceiveChannel[AgentOutput],
     send: trio.MemorySendChannel[Sentence | Emotion],
     splitter: SentenceSplitter | None = None,
 ) -> None:
@@ -17,13 +17,19 @@ async def split_sentences(
 
     When ``receive`` closes (the reply is complete) the tail is flushed; ``send`` is closed at the
     end either way, so TTS sees the end of the reply. A given ``splitter`` is reset first, so text
-    left over from an interrupted reply can never leak into this one.
+    left over from an interrupted reply can never leak into this one. On ``AgentFailed`` the
+    unfinished sentence is abandoned (see ``SentenceSplitter.abandon``) and the apology follows.
     """
     splitter = splitter if splitter is not None else SentenceSplitter()
     splitter.reset()
     with receive, send:
-        async for delta in receive:
-            for item in splitter.feed(delta.text):
+        async for message in receive:
+            match message:
+                case AgentText(text=text):
+                    items = splitter.feed(text)
+                case AgentFailed(apology=apology):
+                    items = splitter.abandon() + splitter.feed(apology)
+            for item in items:
                 await send.send(item)
         for item in splitter.flush():
             await send.send(item)

@@ -15,6 +15,10 @@ speaks. The rules (see ``docs/sentences.md`` for the reasoning):
   its last space, else right there, so TTS never waits for an end that does not come.
 * A segment with nothing to say (only punctuation) is not cut off on its own: it stays at the
   front of the next one. At the end of the reply such a leftover is dropped.
+* A reply that breaks off (``abandon``) keeps its complete sentences, and of the unfinished one
+  only what ends at a clause mark and is long enough to stand alone (as the first clause of a
+  reply must be); the words after it are dropped, so the device never says "The we" before an
+  apology.
 
 Each cut is decided only once the text it depends on is known (the character after the punctuation,
 sometimes the next word), so the result does not depend on how the reply was cut into deltas.
@@ -48,6 +52,8 @@ _LAST_SPACE = re.compile(r".*\S(\s)", re.DOTALL)
 _LIST_NUMBER = re.compile(r"\s*\d+\Z")
 _WORD_BEFORE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z][A-Za-z.]*\Z")
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# A number cut off after its point or separator ("3." of "3.5", "1," of "1,000").
+_CUT_NUMBER = re.compile(r"(?<=\d)[.,:]\Z")
 _LATIN_WORD = re.compile(r"[A-Za-z0-9\u00c0-\u024f]+(?:['’.,:][A-Za-z0-9]+)*")  # it's, 3.14, 10:30
 
 #: Words after which a period never ends a sentence: titles and "for example" abbreviations,
@@ -122,6 +128,25 @@ class SentenceSplitter:
         self._buf += self._cleaner.flush()
         self._scan(items, final=True)
         self._emit(items, self._buf)
+        self.reset()
+        return items
+
+    def abandon(self) -> list[Sentence | Emotion]:
+        """The reply broke off (the agent failed): return what was complete and drop the rest.
+
+        Sentences that end are kept, and so is the unfinished one up to its last clause mark if
+        that part is long enough to be said alone; any words after it are dropped. The splitter
+        is then ready for the next text (the apology).
+        """
+        items: list[Sentence | Emotion] = []
+        emotion = self._emotion.feed("", final=True)
+        if emotion is not None:
+            items.append(emotion)
+        self._buf = _CUT_NUMBER.sub("", self._buf + self._cleaner.flush())
+        self._scan(items, final=True)
+        tail = self._buf[: _last_clause_end(self._buf)]
+        if self._long_enough(tail):
+            self._emit(items, tail)
         self.reset()
         return items
 
@@ -210,6 +235,17 @@ class SentenceSplitter:
             items.append(Sentence(text))
             self._first = False
             self._candidates = _CANDIDATES
+
+
+def _last_clause_end(buf: str) -> int:
+    """Where the last complete clause of ``buf`` ends (0 if none): after a clause mark that is
+    CJK, or followed by a space, or ends ``buf``."""
+    end = 0
+    for run in _CLAUSE_RUN.finditer(buf):
+        if buf[run.start()] in ",;:" and run.end() < len(buf) and not buf[run.end()].isspace():
+            continue  # 10:30, 1,000
+        end = run.end()
+    return end
 
 
 def _fallback_cut(buf: str, limit: int) -> int:
