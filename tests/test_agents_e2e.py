@@ -92,10 +92,17 @@ async def test_memory_survives_reconnects_and_restarts(tmp_path, coze):
     await restarted.aclose()
 
 
-async def test_volume_request_runs_the_device_tool(tmp_path, coze):
-    coze.tool_rules = [
-        ToolRule("volume", "self__audio_speaker__set_volume", {"volume": 30}, "Done, the device said {output}.")
-    ]
+@pytest.mark.parametrize(
+    "name_in_coze",
+    [
+        "self__audio_speaker__set_volume",  # the server's function name
+        "self.audio_speaker.set_volume",  # the device's own name
+        "self_audio_speaker_set_volume",  # dots written as underscores
+        "set_volume",  # the last segment, unambiguous on this device
+    ],
+)
+async def test_volume_request_runs_the_device_tool(tmp_path, coze, name_in_coze):
+    coze.tool_rules = [ToolRule("volume", name_in_coze, {"volume": 30}, "Done, the device said {output}.")]
     app, _, _ = coze_app(tmp_path, coze)
     simulated = SimulatedDevice(volume=70)
     async with open_device(app, features={"mcp": True}) as device:
@@ -104,4 +111,21 @@ async def test_volume_request_runs_the_device_tool(tmp_path, coze):
     assert simulated.volume == 30
     text = " ".join(reply.sentences)
     assert text.startswith("Done, the device said") and "true" in text.lower()
+    await app.aclose()
+
+
+async def test_a_tool_name_that_resolves_to_nothing_gets_the_valid_names(tmp_path, coze, caplog):
+    coze.tool_rules = [ToolRule("volume", "change_volume", {"volume": 30}, "Tool said: {output}")]
+    app, _, _ = coze_app(tmp_path, coze)
+    simulated = SimulatedDevice(volume=70)
+    async with open_device(app, features={"mcp": True}) as device:
+        device.mcp_handler = simulated.handle
+        reply, _ = await device.ask(speech("turn the volume down to thirty"))
+    assert simulated.volume == 70 and simulated.calls == []
+    (submit,) = coze.requests_to("/v3/chat/submit_tool_outputs")
+    output = submit.body["tool_outputs"][0]["output"]
+    assert output.startswith("error: there is no tool called 'change_volume'; the tools are: ")
+    assert "self.audio_speaker.set_volume" in output and "self.get_device_status" in output
+    assert "change_volume" in caplog.text and "self.audio_speaker.set_volume" in caplog.text
+    assert reply.sentences  # the bot still answers (here: with the error)
     await app.aclose()

@@ -424,7 +424,8 @@ class SlowTools:
 
 @pytest.mark.parametrize(("tools", "output"), [
     (None, "error: this device offers no tools"),
-    (SessionTools(None, ToolRegistry()), "error: there is no tool called 'self__audio_speaker__set_volume'"),
+    (SessionTools(None, ToolRegistry()),
+     "error: there is no tool called 'self__audio_speaker__set_volume'; no tools are available"),
 ])
 async def test_a_missing_tool_is_reported_to_the_bot(fake: FakeCoze, make_agent: AgentFactory, tools: Any,
                                                      output: str) -> None:

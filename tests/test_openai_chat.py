@@ -254,7 +254,10 @@ async def test_bad_calls_are_reported_to_the_model_not_raised(
         await ask(agent, "louder", tools=SessionTools(connect(device), ToolRegistry())) == "Sorry, that did not work."
     )
     results = [m["content"] for m in server.requests[1].body["messages"] if m["role"] == "tool"]
-    assert results[0] == "error: there is no function named 'no_such_function'"
+    assert results[0] == (
+        "error: there is no tool called 'no_such_function'; the tools are: self__audio_speaker__set_volume, "
+        "self__get_device_status, self__screen__set_brightness, self__screen__set_theme"
+    )
     assert results[1].startswith("error: the arguments are not valid JSON")
     assert results[2] == "error: Value exceeds maximum allowed: 100"
     assert device.volume == 70

@@ -13,12 +13,12 @@ from xiaozhi_trio.pipeline.backends import ToolBox, ToolResult, ToolSpec
 from xiaozhi_trio.pipeline.protocol.tools import (
     FUNCTION_NAME,
     SessionTools,
-    ToolNames,
     encode_tool_name,
     function_name,
     openai_tool_schema,
     tool_name,
 )
+from xiaozhi_trio.pipeline.protocol.tool_lookup import resolve_tool
 from xiaozhi_trio.pipeline.registry import ToolRegistry
 
 from tests.fakes.mcp_device import SimulatedDevice, connect
@@ -44,17 +44,16 @@ def test_function_name_examples(tool: str, function: str) -> None:
     assert tool_name(function) == tool
 
 
-def test_long_names_are_shortened_with_a_hash_and_mapped_back_by_tool_names() -> None:
+def test_long_names_are_shortened_with_a_hash_and_mapped_back_by_a_lookup() -> None:
     long_a = "self." + "very_long_component." * 5 + "a"
     long_b = "self." + "very_long_component." * 5 + "b"
     fa, fb = function_name(long_a), function_name(long_b)
     assert len(fa) == 64 and FUNCTION_NAME.match(fa) and fa != fb
     with pytest.raises(ValueError):
         tool_name(fa)
-    names = ToolNames([ToolSpec(long_a, "", {}), ToolSpec("self.x", "", {})])
-    assert names.tool(fa) == long_a and names.tool("self__x") == "self.x"
-    assert names.function(long_a) == fa
-    assert names.tool(fb) is None
+    names = [long_a, "self.x"]
+    assert resolve_tool(fa, names).tool == long_a and resolve_tool("self__x", names).tool == "self.x"
+    assert resolve_tool(fb, names).tool is None
 
 
 @pytest.mark.parametrize("bad", ["", "a.b", "a___b", "a-zz", "a-5F", "a-", "a-ff", "x" * 65, "a-5fb"])
@@ -82,7 +81,7 @@ def test_function_names_match_the_pattern_and_round_trip(name: str) -> None:
         assert tool_name(function) == name
     else:
         assert len(function) == 64
-    assert ToolNames([ToolSpec(name, "", {})]).tool(function) == name
+    assert resolve_tool(function, [name]).tool == name
 
 
 @given(_names, _names)

@@ -12,7 +12,8 @@ reversibly and readably:
   are ``k`` dots;
 * a name whose mapping would pass 64 characters keeps its first 52 and ends with ``-h`` and 10 hex
   digits of its SHA-256 (``h`` is no hex digit, so such a name never decodes by accident); only
-  ``ToolNames`` maps it back.
+  a lookup among the session's tools maps it back (``tool_lookup.resolve_tool``, which also takes
+  the looser names bot owners write).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -108,25 +109,6 @@ def _decode_bytes(data: bytearray, function: str) -> str:
         return bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{function!r} escapes bytes that are not UTF-8") from None
-
-
-class ToolNames:
-    """Function name ↔ tool name for one set of tools (handles shortened names too)."""
-
-    def __init__(self, specs: Iterable[ToolSpec]) -> None:
-        self._to_function: dict[str, str] = {}
-        self._to_tool: dict[str, str] = {}
-        for spec in specs:
-            function = function_name(spec.name)
-            self._to_function[spec.name] = function
-            self._to_tool[function] = spec.name
-
-    def function(self, tool: str) -> str:
-        return self._to_function.get(tool) or function_name(tool)
-
-    def tool(self, function: str) -> str | None:
-        """The tool a model's function call means, or None if it names no known tool."""
-        return self._to_tool.get(function)
 
 
 def openai_tool_schema(spec: ToolSpec) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from xiaozhi_trio.pipeline.backends import (
 )
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import AgentText
-from xiaozhi_trio.pipeline.protocol.tools import ToolNames
+from xiaozhi_trio.pipeline.protocol.tool_lookup import resolve_tool, unresolved_message
 from xiaozhi_trio.pipeline.store.conversations import ConversationStore
 
 from .client import CONVERSATION_BUSY, ChatStream, CozeApiError, CozeClient
@@ -310,7 +310,7 @@ class CozeAgent:
     # ---- tools -------------------------------------------------------------------------------
 
     async def _run_tools(self, action: RequiresAction, tools: ToolBox | None) -> list[tuple[str, str]]:
-        names = ToolNames(await tools.list_tools()) if tools is not None else None
+        names = [spec.name for spec in await tools.list_tools()] if tools is not None else None
         outputs = []
         for call in action.tool_calls:
             output = await self._run_tool(call, tools, names)
@@ -318,14 +318,20 @@ class CozeAgent:
             outputs.append((call.id, output))
         return outputs
 
-    async def _run_tool(self, call: ToolCall, tools: ToolBox | None, names: ToolNames | None) -> str:
+    async def _run_tool(self, call: ToolCall, tools: ToolBox | None, names: list[str] | None) -> str:
         if call.type != "function":
             return f"error: tool calls of type {call.type!r} are not supported"
         if tools is None or names is None:
             return "error: this device offers no tools"
-        name = names.tool(call.name)
+        # The bot owner typed this name in Coze: accept the spellings people use.
+        lookup = resolve_tool(call.name, names)
+        name = lookup.tool
         if name is None:
-            return f"error: there is no tool called {call.name!r}"
+            message = unresolved_message(lookup, names)
+            log.warning("the Coze bot called a tool this session cannot resolve: %s", message)
+            return f"error: {message}"
+        if lookup.rule not in ("name", "function"):
+            log.debug("Coze tool name %r taken as %s (%s)", call.name, name, lookup.rule)
         try:
             arguments = json.loads(call.arguments) if call.arguments.strip() else {}
         except ValueError:

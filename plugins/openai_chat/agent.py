@@ -24,7 +24,8 @@ import httpx
 import trio
 from xiaozhi_trio.pipeline.backends import AgentRequest, BackendError, ToolBox
 from xiaozhi_trio.pipeline.messages import AgentText
-from xiaozhi_trio.pipeline.protocol.tools import ToolNames, openai_tool_schema
+from xiaozhi_trio.pipeline.protocol.tool_lookup import resolve_tool, unresolved_message
+from xiaozhi_trio.pipeline.protocol.tools import openai_tool_schema
 from xiaozhi_trio.pipeline.store.conversations import ConversationStore
 from xiaozhi_trio.pipeline.store.sqlite import DatabaseError
 
@@ -110,7 +111,7 @@ class OpenAIChatAgent:
         if self.options.system_prompt:
             messages = [{"role": "system", "content": self.options.system_prompt}, *messages]
         specs = await tools.list_tools() if tools is not None else []
-        names = ToolNames(specs)
+        names = [spec.name for spec in specs]
         schemas = [openai_tool_schema(spec) for spec in specs]
         for round_number in range(self.options.max_tool_rounds + 1):
             may_call = round_number < self.options.max_tool_rounds
@@ -135,11 +136,13 @@ class OpenAIChatAgent:
                 output = await self._run_tool(call, names, tools)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": output})
 
-    async def _run_tool(self, call: ToolCall, names: ToolNames, tools: ToolBox) -> str:
-        tool = names.tool(call.name)
+    async def _run_tool(self, call: ToolCall, names: list[str], tools: ToolBox) -> str:
+        lookup = resolve_tool(call.name, names)
+        tool = lookup.tool
         if tool is None:
-            log.warning("the model called an unknown function %r", call.name)
-            return f"error: there is no function named {call.name!r}"
+            message = unresolved_message(lookup, names, as_functions=True)
+            log.warning("the model called a function this session cannot resolve: %s", message)
+            return f"error: {message}"
         try:
             arguments = json.loads(call.arguments) if call.arguments.strip() else {}
         except json.JSONDecodeError as e:
