@@ -18,6 +18,10 @@ as there are CPU workers, so every core decodes when several sessions finish tog
 (zipformer and paraformer online models) decode while the user speaks, so ``accept`` returns
 partial text and ``finish`` only has the last few hundred milliseconds left to do.
 
+Attention decoders (Moonshine, Whisper) sometimes loop, repeating a phrase until their length
+limit. The final text of each piece is therefore cut to one copy of a repeated phrase and to the
+words its duration can hold (``transcript_guard``), so a loop never reaches the agent.
+
 Moonshine base-en (int8) sometimes returns no text at all for perfectly clear speech: it depends
 on how the audio lines up with its frames, and always happens after about a second of leading
 silence. So leading silence is trimmed, and a piece that comes back empty is decoded once or twice
@@ -49,6 +53,7 @@ from .models.locate import locate_model
 from .models.moonshine import sample_speech
 from .models.validate import validate_model
 from .pieces import join_texts, speech_pieces
+from .transcript_guard import guard_transcript
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +208,7 @@ class SherpaAsr:
             again = self._decode_pieces([np.concatenate([silence, pieces[i]]) for i in empty])
             for i, text in zip(empty, again, strict=True):
                 texts[i] = text
+        texts = [_guarded(text, len(piece) / SAMPLE_RATE) for text, piece in zip(texts, pieces, strict=True)]
         result, position = [], 0
         for utterance in utterances:
             result.append(texts[position : position + len(utterance)])
@@ -296,7 +302,16 @@ class StreamingRecognition:
             stream, fed = self._stream, self._fed
         # Whatever happens next, this object starts a new utterance afterwards.
         self._stream, self._fed, self._partial, self._broken = None, 0, "", False
-        return await self._asr.workers.run(self._asr.feed_online, stream, samples[fed:], True, model=self._asr.recognizer)
+        text = await self._asr.workers.run(self._asr.feed_online, stream, samples[fed:], True, model=self._asr.recognizer)
+        return _guarded(text, len(samples) / SAMPLE_RATE)
+
+
+def _guarded(text: str, seconds: float) -> str:
+    """``text`` without decoder loops and no longer than ``seconds`` of speech (logged when cut)."""
+    guarded = guard_transcript(text, seconds)
+    if guarded != text:
+        log.warning("the recognizer ran on (%.1f s of audio): %r cut to %r", seconds, text[:300], guarded)
+    return guarded
 
 
 def load_asr(files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> SherpaAsr:

@@ -3,7 +3,11 @@
 Options (the ``[tts]`` table): ``model`` (a catalog name, default ``piper-en-us-joe``), ``speed``
 (1.0 = the voice's own pace), ``speaker`` (speaker id of a multi-speaker model), ``num_threads``
 (onnxruntime threads for one synthesis; 1 is fastest on small machines), ``voice`` (the espeak-ng
-voice that phonemizes text for Piper/VITS-espeak models; default: the model's own).
+voice that phonemizes text for Piper/VITS-espeak models; default: the model's own),
+``noise_scale`` and ``noise_scale_w`` (Piper/VITS: how much random variation goes into the sound
+and into the timing, default sherpa-onnx's 0.667 and 0.8, which are Piper's own; Matcha takes
+``noise_scale`` only). VITS voices sample noise, so the same text sounds a little different every
+time; with both scales at 0 the voice is deterministic (same text, same audio), a little flatter.
 
 Families: Piper and espeak-based VITS voices get their phonemes from ``piper-phonemize`` (sherpa-
 onnx 2.0 has no espeak-ng of its own, and without phonemes it returns empty audio); lexicon-based
@@ -64,6 +68,9 @@ class TtsOptions:
     speaker: Annotated[int, Between(0)] = 0
     num_threads: Annotated[int, Between(1, 16)] = 1
     voice: str = ""
+    #: None: sherpa-onnx's default for the family.
+    noise_scale: Annotated[float, Between(0.0, 2.0)] | None = None
+    noise_scale_w: Annotated[float, Between(0.0, 2.0)] | None = None
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> TtsOptions:
@@ -79,10 +86,11 @@ def _joined(files: Mapping[str, Path], prefix: str) -> str:
 
 
 def tts_config(
-    files: ModelFiles, *, num_threads: int = 1
+    files: ModelFiles, *, num_threads: int = 1, options: TtsOptions | None = None
 ) -> sherpa_onnx.OfflineTtsConfig:
-    """The sherpa-onnx configuration for a TTS model, by family."""
+    """The sherpa-onnx configuration for a TTS model, by family (with ``options``' noise scales)."""
     f = files.files
+    noise = _noise_scales(files, options or TtsOptions())
     common = {
         "data_dir": str(f.get("data_dir", "")),
         "dict_dir": str(f.get("dict_dir", "")),
@@ -96,6 +104,7 @@ def tts_config(
                     lexicon=lexicon,
                     tokens=str(f["tokens"]),
                     **common,
+                    **noise,
                 ),
                 num_threads=num_threads,
             )
@@ -107,6 +116,7 @@ def tts_config(
                     lexicon=lexicon,
                     tokens=str(f["tokens"]),
                     **common,
+                    **noise,
                 ),
                 num_threads=num_threads,
             )
@@ -131,6 +141,18 @@ def tts_config(
     return sherpa_onnx.OfflineTtsConfig(
         model=model, rule_fsts=_joined(f, "rule_fst"), max_num_sentences=1
     )
+
+
+def _noise_scales(files: ModelFiles, options: TtsOptions) -> dict[str, float]:
+    """The noise-scale arguments of the family's model config; ``ConfigError`` for a scale the
+    family does not have."""
+    takes = {"piper": ("noise_scale", "noise_scale_w"), "vits": ("noise_scale", "noise_scale_w"),
+             "matcha": ("noise_scale",)}.get(files.family, ())
+    scales = {key: getattr(options, key) for key in ("noise_scale", "noise_scale_w") if getattr(options, key) is not None}
+    for key in scales:
+        if key not in takes:
+            raise ConfigError(f"[tts] {key}: model {files.name!r} ({files.family}) has no such setting; remove it")
+    return scales
 
 
 def read_token_symbols(path: Path) -> frozenset[str]:
@@ -292,7 +314,7 @@ class SherpaTts:
 def load_tts(files: ModelFiles, workers: CpuWorkers, options: TtsOptions) -> SherpaTts:
     """Validate ``files`` in a subprocess, then load the voice into this process."""
     validate_model(files)
-    config = tts_config(files, num_threads=options.num_threads)
+    config = tts_config(files, num_threads=options.num_threads, options=options)
     tts = sherpa_onnx.OfflineTts(config)
     if options.speaker >= max(1, tts.num_speakers):
         raise ConfigError(
