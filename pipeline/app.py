@@ -25,6 +25,7 @@ from .config import Config
 from .registry import Plugins
 from .session.context import SessionServices
 from .store.context import StoreContext
+from .store.device_tools import DeviceToolLists
 from .store.recordings import Recorder
 from .talking import TalkingSessions
 from .workers import CpuWorkers
@@ -81,6 +82,8 @@ class App:
     #: Checks each WebSocket handshake (the token, the device's binding); None: everyone may talk.
     #: ``OpsServices.attach`` sets it when the HTTP side runs.
     authorize: Authorizer | None = None
+    #: Where sessions record each device's tool listing (``xiaozhi-trio tools``); ``OpsServices.attach`` sets it.
+    tool_lists: DeviceToolLists | None = None
 
     @classmethod
     def build(cls, config: Config, plugins: Plugins | None = None, *, context: BackendContext | None = None) -> App:
@@ -143,6 +146,7 @@ class App:
             observe=self.plugins.emit,
             recorder=self.recorder,
             turn=self.turn,
+            tool_lists=self.tool_lists,
         )
 
     async def aclose(self) -> None:

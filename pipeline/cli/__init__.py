@@ -26,6 +26,7 @@ COMMANDS = [
     "talk",
     "speech",
     "devices",
+    "tools",
 ]
 
 

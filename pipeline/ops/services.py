@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 from ..config import Config
 from ..registry import Plugins
 from ..store.context import StoreContext
+from ..store.device_tools import DeviceToolLists
 from ..store.devices import DevicesConfig, DeviceStore
 from ..store.secret import shared_secret
+from ..store.sqlite import DATABASE_FILE, open_database
 from .auth import SECRET_ENV, AuthConfig, AuthPolicy, TokenSigner, load_secret
 from .firmware import FirmwareFolder
 from .metrics import Metrics, MetricsConfig
@@ -55,6 +57,8 @@ class OpsServices:
     auth: AuthPolicy
     metrics: Metrics
     firmware: FirmwareFolder
+    #: Each device's last tool listing (in the data folder's SQLite file).
+    tool_lists: DeviceToolLists
     #: Live session count from the session manager; None: counted from session events.
     session_count: Callable[[], int] | None = None
     #: Unix time (server_time in the OTA reply, token expiry, activation codes).
@@ -68,15 +72,18 @@ class OpsServices:
 
     def attach(self, app: App) -> None:
         """Wire into the WebSocket side: the live session count, the metrics as a session-event
-        observer plugin, and ``auth.refuse_reason`` as the handshake authorizer."""
+        observer plugin, ``auth.refuse_reason`` as the handshake authorizer, and where sessions
+        record each device's tool listing."""
         self.session_count = lambda: app.sessions.count
         app.plugins.register(self.metrics, name="xiaozhi_trio.metrics")
         self.metrics.watch_load(app)
         app.authorize = self.auth.refuse_reason
+        app.tool_lists = self.tool_lists
 
     def close(self) -> None:
-        """Close the registry's database connection."""
+        """Close the registry's and the tool listings' database connections."""
         self.registry.close()
+        self.tool_lists.database.close()
 
 
 def build_ops_services(
@@ -110,4 +117,8 @@ def build_ops_services(
         signer = TokenSigner(load_secret(data_dir))
     auth = AuthPolicy(settings.auth, signer, registry, metrics=metrics, clock=clock)
     firmware_dir = Path(settings.ota.firmware_dir).expanduser() if settings.ota.firmware_dir else data_dir / "firmware"
-    return OpsServices(config, settings, registry, auth, metrics, FirmwareFolder(firmware_dir), session_count, clock)
+    # The server's own record (for `xiaozhi-trio tools`), in its SQLite file whatever the device store.
+    tool_lists = DeviceToolLists(open_database(data_dir / DATABASE_FILE), clock=clock)
+    return OpsServices(
+        config, settings, registry, auth, metrics, FirmwareFolder(firmware_dir), tool_lists, session_count, clock
+    )

@@ -38,6 +38,8 @@ MAX_LIST_PAGES = 64
 _MAX_ID = 2**31 - 1
 
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+#: Told the device's tools after each complete listing (to keep them for ``xiaozhi-trio tools``).
+OnListed = Callable[[list["ToolSpec"]], Awaitable[None]]
 
 
 class McpError(Exception):
@@ -59,11 +61,20 @@ class _Waiter:
 class McpClient:
     """JSON-RPC requests to the device's MCP server, replies matched by numeric id."""
 
-    def __init__(self, send_json: SendJson, *, call_timeout: float = 10.0, relist_after: float = 60.0) -> None:
+    def __init__(
+        self,
+        send_json: SendJson,
+        *,
+        call_timeout: float = 10.0,
+        relist_after: float = 60.0,
+        on_listed: OnListed | None = None,
+    ) -> None:
         """``send_json(frame)`` sends one JSON text frame to the device; ``call_timeout`` is the
         number of seconds any request waits for its reply; after a ``tools/list`` that got no
-        answer, ``list_tools`` fails at once for ``relist_after`` seconds instead of waiting again."""
+        answer, ``list_tools`` fails at once for ``relist_after`` seconds instead of waiting again;
+        ``on_listed`` is awaited with the tools after the listing."""
         self._send_json = send_json
+        self._on_listed = on_listed
         self.call_timeout = call_timeout
         self.relist_after = relist_after
         self._listing_timed_out_at: float | None = None
@@ -180,11 +191,14 @@ class McpClient:
             if failed_at is not None and trio.current_time() - failed_at < self.relist_after:
                 raise McpError("the device did not answer tools/list a moment ago", kind="timeout")
             try:
-                return await self._list_all_pages()
+                tools = await self._list_all_pages()
             except McpError as e:
                 if e.kind == "timeout":
                     self._listing_timed_out_at = trio.current_time()
                 raise
+        if self._on_listed is not None:
+            await self._on_listed(list(tools))
+        return tools
 
     async def _list_all_pages(self) -> list[ToolSpec]:
         tools: dict[str, ToolSpec] = {}

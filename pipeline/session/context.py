@@ -18,6 +18,7 @@ from ..config import Config
 from ..events import SessionEvent
 from ..protocol.outbox import Outbox
 from ..registry import ToolRegistry
+from ..store.device_tools import DeviceToolLists
 from ..store.recordings import Recorder
 from ..workers import CpuWorkers
 
@@ -42,6 +43,8 @@ class SessionServices:
     recorder: Recorder | None = None
     #: The end-of-turn detector (None: the VAD's silence window ends turns).
     turn: TurnDetector | None = None
+    #: Where each device's tool listing is kept (``xiaozhi-trio tools``), when the ops side runs.
+    tool_lists: DeviceToolLists | None = None
 
 
 @dataclass(frozen=True)
