@@ -64,7 +64,8 @@ class _OnlineStream:
 
 
 class HalfSecondWords:
-    """Decodes in 100 ms steps; the text is one "word" per 8000 non-silent samples decoded."""
+    """Decodes in 100 ms steps; the text is one word ("word1", "word2"...) per 8000 non-silent
+    samples decoded (distinct words: one word over and over would look like a decoder loop)."""
 
     def create_stream(self) -> _OnlineStream:
         return _OnlineStream()
@@ -80,7 +81,12 @@ class HalfSecondWords:
         audio = np.concatenate(stream.samples)[: stream.decoded] if stream.samples else np.zeros(0)
         blocks = audio[: len(audio) // 160 * 160].reshape(-1, 160)
         sound = int(np.count_nonzero(np.sqrt(np.mean(blocks**2, axis=1)) > 1e-3)) * 160
-        return " ".join(["word"] * (sound // 8000))
+        return words(sound // 8000)
+
+
+def words(count: int) -> str:
+    """What ``HalfSecondWords`` says for ``count`` half-seconds of sound."""
+    return " ".join(f"word{i + 1}" for i in range(count))
 
 
 def streaming_asr(workers: CpuWorkers | None = None) -> SherpaAsr:
@@ -101,7 +107,7 @@ class TestAsrBackends(AsrContract):
             return AsrCase(moonshine_asr(), phrases, max_wer=0.2)
         if request.param == "streaming":
             tone = 0.3 * np.sin(np.arange(RATE * 3) * 0.05).astype(np.float32)
-            return AsrCase(streaming_asr(), [(tone[: RATE * 2], "word word word word"), (tone[: RATE], "word word")])
+            return AsrCase(streaming_asr(), [(tone[: RATE * 2], words(4)), (tone[: RATE], words(2))])
         phrases = [(speech("hello there", 1.0), "hello there"), (speech("what time is it", 1.2), "what time is it")]
         return AsrCase(FakeAsr(), phrases)
 
@@ -314,10 +320,10 @@ async def test_streaming_gives_growing_partials_then_the_final_text() -> None:
         partial = await stream.accept(PcmChunk(_TONE[start : start + 960], RATE))
         if partial is not None:
             partials.append(partial)
-    assert partials[0] == "word" and partials[-1] in ("word word word", "word word word word")
+    assert partials[0] == "word1" and partials[-1] in (words(3), words(4))
     assert all(len(a) < len(b) for a, b in zip(partials, partials[1:]))
     # finish gets the whole utterance, including audio that accept never saw.
-    assert await stream.finish(PcmChunk(_TONE[: RATE * 3], RATE)) == " ".join(["word"] * 6)
+    assert await stream.finish(PcmChunk(_TONE[: RATE * 3], RATE)) == words(6)
 
 
 async def test_a_cancelled_accept_makes_finish_start_over() -> None:
@@ -329,13 +335,13 @@ async def test_a_cancelled_accept_makes_finish_start_over() -> None:
         scope.cancel()
         await stream.accept(PcmChunk(_TONE[RATE : RATE * 2], RATE))
     assert await stream.accept(PcmChunk(_TONE[RATE * 2 : RATE * 3], RATE)) is None  # no more partials
-    assert await stream.finish(PcmChunk(_TONE[: RATE * 3], RATE)) == " ".join(["word"] * 6)
+    assert await stream.finish(PcmChunk(_TONE[: RATE * 3], RATE)) == words(6)
 
 
 async def test_audio_at_another_rate_is_resampled() -> None:
     asr = streaming_asr()
     at_48k = soxr.resample(_TONE[: RATE * 2], RATE, 48000).astype(np.float32)
-    assert await asr.open_stream().finish(PcmChunk(at_48k, 48000)) == "word word word word"
+    assert await asr.open_stream().finish(PcmChunk(at_48k, 48000)) == words(4)
 
 
 # --------------------------------------------------------------------------------------------
