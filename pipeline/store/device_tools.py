@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import ToolSpec
-from .devices import normalise_device_id
+from ..protocol.identity import normalise_device_id
 from .sqlite import Database
 
 _MIGRATIONS = [
