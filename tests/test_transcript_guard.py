@@ -35,6 +35,9 @@ from xiaozhi_trio.plugins.speech.transcript_guard import (
         ("The cat sat on the the the the the the mat.", "The cat sat on the mat."),
         ("提醒我给妈妈打电话提醒我给妈妈打电话提醒我给妈", "提醒我给妈妈打电话"),
         ("好的好的好的好的好的好的", "好的"),
+        # The spacing at the cut is the text's own.
+        ("remind remind remind remind remind 好", "remind 好"),
+        ("好好好好好 remind", "好 remind"),
         # What people do say is kept.
         ("no no", "no no"),
         ("no no no", "no no no"),

@@ -90,8 +90,12 @@ def cut_loops(text: str) -> str:
             i += 1
             continue
         n, end = loop
-        result = _joined(result, text[position : _end_with_punctuation(text, tokens[i + n - 1].end)])
+        kept_end = _end_with_punctuation(text, tokens[i + n - 1].end)
+        result = _joined(result, text[position:kept_end])
         position = _end_with_punctuation(text, tokens[end - 1].end)
+        # A space where the text had one on either side of the cut ("remind 好", "提醒我给妈妈打电话").
+        spaced = text[kept_end : kept_end + 1].isspace() or text[position : position + 1].isspace()
+        result += " " if spaced else ""
         i = end
     if position == 0:
         return text
@@ -120,10 +124,6 @@ def _end_with_punctuation(text: str, end: int) -> int:
 
 
 def _joined(head: str, rest: str) -> str:
-    head, rest = head.strip(), rest.strip()
-    if not head or not rest:
-        return head or rest
-    if _CJK_CHAR.match(rest[:1]) or (head and _CJK_CHAR.match(head[-1])):
-        return head + rest
-    return f"{head} {rest}"
-
+    """``head`` then ``rest``, trimmed; a space between them only if ``head`` ends with one (put
+    there where the original text had one at the cut)."""
+    return (head + rest.lstrip()).strip() if head.strip() else rest.strip()
