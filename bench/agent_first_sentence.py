@@ -26,7 +26,6 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
 
 from xiaozhi_trio.pipeline.backends import AgentRequest, BackendContext
 from xiaozhi_trio.pipeline.messages import AgentText, Emotion, Sentence
@@ -37,7 +36,7 @@ from xiaozhi_trio.pipeline.text.splitter import SentenceSplitter
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.coze.plugin import AGENT_KEY, CozeAgent, create_agent
 
-from tests.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
+from xiaozhi_trio.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
 
 
 @dataclass(frozen=True)

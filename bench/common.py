@@ -3,7 +3,7 @@ test-double backends, simulated devices on loopback, percentiles, tables and plo
 
 The server process builds the ``App`` as ``xiaozhi-trio serve`` does (real WebSocket protocol,
 Opus codec, paced sender, worker pool, the observability plugin) but with the fake backends of
-``tests/fakes/backends.py``, and adds an observer that keeps every turn's stage latencies from the
+``xiaozhi_trio.testing.fakes.backends``, and adds an observer that keeps every turn's stage latencies from the
 session events. The benchmark process drives simulated devices against it and fetches those
 latencies through a pipe, so the two processes' CPU never mix and each clock is only ever
 compared with itself.
@@ -20,8 +20,8 @@ import resource
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -73,7 +73,7 @@ def raise_fd_limit(wanted: int) -> int:
 def register_phrases(phrases: Iterable[str]) -> None:
     """Give the fake recognizer its phrases. Pitches are handed out in order, so the server and the
     devices must register the same phrases in the same order."""
-    from tests.fakes.backends import pitch_for
+    from xiaozhi_trio.testing.fakes.backends import pitch_for
 
     for phrase in phrases:
         pitch_for(phrase)
@@ -169,77 +169,109 @@ class TimedWorkers:
         return int(self.inner.waiting)
 
 
-def _server_main(spec: ServerSpec, conn: Connection) -> None:
-    """The server process: build the app with the fakes, serve on loopback, answer the pipe."""
+@dataclass
+class ServedApp:
+    """What a server process serves: its app, the answers to the benchmark's commands (each a
+    function of no arguments that returns something picklable) and tasks to run beside it."""
+
+    app: Any
+    commands: dict[str, Callable[[], Any]]
+    tasks: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+
+#: ``build(argument, resources)``: runs in the child process and returns what it serves; anything
+#: that must live as long as the server (a temporary data folder) goes on ``resources``. A
+#: module-level function, so that it crosses into the child by name.
+AppBuilder = Callable[[Any, ExitStack], ServedApp]
+
+
+def build_fake_app(spec: ServerSpec, resources: ExitStack) -> ServedApp:
+    """The app with the instant fake backends and a ``TurnRecorder``; commands ``stats`` and
+    ``reset``."""
     if spec.core is not None:
         pin(spec.core)
     raise_fd_limit(16384)
     logging.basicConfig(level=spec.log_level, format="server %(levelname)s %(name)s: %(message)s")
-    from tests.fakes.backends import FakeAgent, FakeBackends
-    from tests.harness import fake_config
     from xiaozhi_trio.pipeline.app import App
     from xiaozhi_trio.pipeline.registry import Plugins
     from xiaozhi_trio.plugins import observability, sqlite_store
+    from xiaozhi_trio.testing.fakes.backends import FakeAgent, FakeBackends
+    from xiaozhi_trio.testing.harness import fake_config
 
     register_phrases(spec.phrases)
-    with tempfile.TemporaryDirectory(prefix="xiaozhi-bench-") as data_dir:
-        config = fake_config(Path(data_dir), **spec.session)
-        config = dataclasses.replace(
-            config,
-            audio=dataclasses.replace(config.audio, **spec.audio),
-            server=dataclasses.replace(config.server, **spec.server),
-        )
-        recorder = TurnRecorder()
-        fakes = FakeBackends(agent=FakeAgent(answers=dict(spec.answers)))
-        app = App.build(config, Plugins(entry_points=False, extra=[sqlite_store, fakes, observability, recorder]))
-        app.workers = TimedWorkers(app.workers)  # type: ignore[assignment]
-        trio.run(_serve, app, recorder, conn)
+    data_dir = resources.enter_context(tempfile.TemporaryDirectory(prefix="xiaozhi-bench-"))
+    config = fake_config(Path(data_dir), **spec.session)
+    config = dataclasses.replace(
+        config,
+        audio=dataclasses.replace(config.audio, **spec.audio),
+        server=dataclasses.replace(config.server, **spec.server),
+    )
+    recorder = TurnRecorder()
+    fakes = FakeBackends(agent=FakeAgent(answers=dict(spec.answers)))
+    app = App.build(config, Plugins(entry_points=False, extra=[sqlite_store, fakes, observability, recorder]))
+    workers = TimedWorkers(app.workers)
+    app.workers = workers  # type: ignore[assignment]
+
+    def stats() -> dict[str, Any]:
+        return {
+            "turns": recorder.turns,
+            "errors": dict(recorder.errors),
+            "closed": dict(recorder.closed),
+            "opened": recorder.opened,
+            "live": app.sessions.count,
+            "worker_threads": workers.threads,
+            "worker_calls": workers.calls,
+        }
+
+    def reset() -> None:
+        recorder.reset()
+        workers.calls.clear()
+
+    return ServedApp(app, {"stats": stats, "reset": reset})
 
 
-async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
+def _server_process_main(build: AppBuilder, argument: Any, conn: Connection) -> None:
+    """The server process: build what it serves, serve on loopback, answer the pipe."""
+    with ExitStack() as resources:
+        served = build(argument, resources)
+        trio.run(_serve, served, conn)
+
+
+async def _serve(served: ServedApp, conn: Connection) -> None:
     from xiaozhi_trio.pipeline.server import serve_devices
 
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_devices, app, "127.0.0.1", 0)
-        conn.send(port)
+        conn.send(await nursery.start(serve_devices, served.app, "127.0.0.1", 0))
+        for task in served.tasks:
+            nursery.start_soon(task)
         while True:
             try:
                 command = await trio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
             except EOFError:  # the benchmark went away
                 break
-            if command == "stats":
-                conn.send(
-                    {
-                        "turns": recorder.turns,
-                        "errors": dict(recorder.errors),
-                        "closed": dict(recorder.closed),
-                        "opened": recorder.opened,
-                        "live": app.sessions.count,
-                        "worker_threads": app.workers.threads,
-                        "worker_calls": app.workers.calls,
-                    }
-                )
-            elif command == "reset":
-                recorder.reset()
-                app.workers.calls.clear()
-                conn.send(None)
-            else:  # "stop"
+            if command == "stop":
                 break
+            conn.send(served.commands[command]())
         nursery.cancel_scope.cancel()
-    await app.aclose()
+    await served.app.aclose()
 
 
 class ServerProcess:
-    """The server in a child process (``with ServerProcess(spec) as server: server.url``)."""
+    """The server in a child process (``with ServerProcess(spec) as server: server.url``): the one
+    harness of every server benchmark. ``build`` (default: the fake backends of ``ServerSpec``)
+    makes the app in the child from ``argument``."""
 
-    def __init__(self, spec: ServerSpec) -> None:
-        self.spec = spec
+    def __init__(self, argument: Any, build: AppBuilder = build_fake_app) -> None:
+        self.argument = argument
+        self.build = build
         self.port = 0
 
     def __enter__(self) -> ServerProcess:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self.process = context.Process(target=_server_main, args=(self.spec, child), name="xiaozhi-bench-server", daemon=True)
+        self.process = context.Process(
+            target=_server_process_main, args=(self.build, self.argument, child), name="xiaozhi-bench-server", daemon=True
+        )
         self.process.start()
         child.close()
         if not self._conn.poll(STARTUP_TIMEOUT):
@@ -268,8 +300,8 @@ class ServerProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/xiaozhi/v1/"
 
-    def request(self, command: str, timeout: float = 30.0) -> Any:
-        """Ask the server process for ``"stats"`` or to ``"reset"`` them (blocks briefly)."""
+    def request(self, command: str, timeout: float = 60.0) -> Any:
+        """Ask the server process one of its commands (``"stats"``, ``"reset"``...; blocks briefly)."""
         self._conn.send(command)
         if not self._conn.poll(timeout):
             raise RuntimeError(f"the server process did not answer {command!r} within {timeout:g} s")
@@ -306,7 +338,7 @@ def end_of_speech_packet(packets: Sequence[bytes]) -> int:
     The server decodes the same packets and runs the same deterministic energy VAD, so this is
     the packet whose arrival ends the user's turn: time from its sending is the server's share.
     """
-    from tests.fakes.backends import FakeVad
+    from xiaozhi_trio.testing.fakes.backends import FakeVad
 
     decoder = OpusDecoder(UPLINK_RATE)
     vad = FakeVad().open_stream()
@@ -351,7 +383,7 @@ class Device:
     timestamps the current reply."""
 
     def __init__(self, client: DeviceClient) -> None:
-        from tests.fakes.mcp_device import SimulatedDevice
+        from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice
 
         self.client = client
         self.mcp = SimulatedDevice()

@@ -36,27 +36,24 @@ import argparse
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import tempfile
 from collections import Counter
-from contextlib import AsyncExitStack
+from collections.abc import Callable
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
-import psutil
 import trio
 from xiaozhi_trio.pipeline.audio.opus import OpusDecoder
 from xiaozhi_trio.pipeline.messages import SpeechEnded
 
 from bench.common import (
-    STARTUP_TIMEOUT,
     LoopLag,
     MachineLoad,
     TurnRecorder,
@@ -65,14 +62,16 @@ from bench.common import (
     machine,
     open_device,
     opus_packets,
+    ServedApp,
+    ServerProcess,
     percentiles,
     save_figure,
     table,
     wait_for_quiet,
 )
-from tests.contracts.speech import spoken
-from tests.contracts.wer import word_error_rate
-from tests.fakes.backends import FakeAgent
+from xiaozhi_trio.testing.speech import spoken
+from xiaozhi_trio.testing.wer import word_error_rate
+from xiaozhi_trio.testing.fakes.backends import FakeAgent
 
 QUESTIONS = (
     "What is the weather like in Beijing today?",
@@ -92,6 +91,12 @@ RATE = 16000
 FRAME = 0.06
 
 
+
+def speech_server(data_dir: Path, tables: dict[str, dict[str, Any]] | None = None) -> ServerProcess:
+    """A server process with the real speech models (``tables`` replace whole config tables)."""
+    return ServerProcess((str(data_dir), tables or {}), build_speech_app)
+
+
 # ------------------------------------------------------------------------------------------------
 # The server process
 # ------------------------------------------------------------------------------------------------
@@ -104,108 +109,49 @@ class FixedAnswer(FakeAgent):
         return ANSWER
 
 
-def _server_main(data_dir: str, conn: Connection, tables: dict[str, dict[str, Any]] | None = None) -> None:
-    """Build the app with the real speech backends and the fixed agent; serve until told to stop.
+def build_speech_app(argument: tuple[str, dict[str, dict[str, Any]]], resources: ExitStack) -> ServedApp:
+    """The app with the real speech backends and the fixed agent (runs in the server process).
 
-    ``tables`` replaces whole config tables (``{"turn": {...}}``)."""
+    ``argument`` is the data folder and config tables that replace whole tables
+    (``{"turn": {...}}``). Commands: ``stats``, ``turns`` (those finished since the last call),
+    ``asr parallel`` / ``asr serial`` (the recognizer's own batcher, or one decoding a single
+    utterance at a time), ``reset``."""
+    data_dir, tables = argument
     logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
     from xiaozhi_trio.pipeline.app import App
     from xiaozhi_trio.pipeline.config import parse_config
     from xiaozhi_trio.pipeline.registry import Plugins
-
-    from tests.fakes.backends import FakeBackends
+    from xiaozhi_trio.plugins.speech.batching import Batcher
+    from xiaozhi_trio.testing.fakes.backends import FakeBackends
 
     kinds = {"vad": "silero", "asr": "sherpa-onnx", "agent": "fake", "tts": "sherpa-onnx"}
     config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}, **(tables or {})})
     recorder = TurnRecorder()
     app = App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=FixedAnswer()), recorder]))
-    trio.run(_serve, app, recorder, conn)
-
-
-async def _serve(app: Any, recorder: TurnRecorder, conn: Connection) -> None:
-    from xiaozhi_trio.pipeline.server import serve_devices
-    from xiaozhi_trio.plugins.speech.batching import Batcher
-
     lag = LoopLag()
-    # For comparison: the recognizer's own batcher, or one decoding a single utterance at a time.
     batchers = {"parallel": app.asr.batcher, "serial": Batcher(app.asr.decode_batch, app.workers, max_batch=1, parallel=1)}
-    async with trio.open_nursery() as nursery:
-        conn.send(await nursery.start(serve_devices, app, "127.0.0.1", 0))
-        nursery.start_soon(lag.run)
-        while True:
-            try:
-                command = await trio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
-            except EOFError:  # the benchmark went away
-                break
-            if command == "stats":
-                lags = percentiles(lag.samples, (50, 99))
-                sizes = [size for b in batchers.values() for size in b.stats.sizes]
-                conn.send({"errors": dict(recorder.errors), "loop_lag": lags, "batches": sizes})
-            elif command == "turns":  # the turns finished since the last call
-                conn.send(recorder.turns)
-                recorder.turns = []
-            elif command in ("asr parallel", "asr serial"):
-                app.asr.batcher = batchers[command.split()[1]]
-                conn.send(None)
-            elif command == "reset":
-                recorder.reset()
-                lag.samples.clear()
-                for b in batchers.values():
-                    b.stats.sizes.clear()
-                conn.send(None)
-            else:
-                break
-        nursery.cancel_scope.cancel()
-    await app.aclose()
 
+    def stats() -> dict[str, Any]:
+        sizes = [size for b in batchers.values() for size in b.stats.sizes]
+        return {"errors": dict(recorder.errors), "loop_lag": percentiles(lag.samples, (50, 99)), "batches": sizes}
 
-class SpeechServer:
-    """The server in a child process: ``with SpeechServer(data_dir) as server: server.url``."""
+    def turns() -> list[dict[str, Any]]:
+        finished, recorder.turns = recorder.turns, []
+        return finished
 
-    def __init__(self, data_dir: Path, tables: dict[str, dict[str, Any]] | None = None) -> None:
-        self.data_dir = data_dir
-        self.tables = tables or {}
+    def decode_with(name: str) -> Callable[[], None]:
+        def switch() -> None:
+            app.asr.batcher = batchers[name]
+        return switch
 
-    def __enter__(self) -> Self:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self.process = context.Process(target=_server_main, args=(str(self.data_dir), child, self.tables), daemon=True)
-        self.process.start()
-        child.close()
-        if not self._conn.poll(STARTUP_TIMEOUT):
-            self.process.kill()
-            raise RuntimeError(f"the server did not start listening within {STARTUP_TIMEOUT:g} s")
-        self.port = self._conn.recv()
-        self.ps = psutil.Process(self.process.pid)
-        return self
+    def reset() -> None:
+        recorder.reset()
+        lag.samples.clear()
+        for b in batchers.values():
+            b.stats.sizes.clear()
 
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._conn.send("stop")
-        except OSError:
-            pass
-        self.process.join(15)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        self._conn.close()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/xiaozhi/v1/"
-
-    def request(self, command: str) -> Any:
-        self._conn.send(command)
-        if not self._conn.poll(60):
-            raise RuntimeError(f"the server did not answer {command!r}")
-        return self._conn.recv()
-
-    def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
-
-    def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+    commands = {"stats": stats, "turns": turns, "reset": reset, **{f"asr {n}": decode_with(n) for n in batchers}}
+    return ServedApp(app, commands, tasks=(lag.run,))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,13 +282,13 @@ async def turn(device: Any, question: Question, start: float, level: Level) -> N
     level.wer.append(word_error_rate(question.text, heard.stt or ""))
 
 
-async def sample_rss(server: SpeechServer, into: list[int]) -> None:
+async def sample_rss(server: ServerProcess, into: list[int]) -> None:
     while True:
         into.append(server.rss())
         await trio.sleep(0.2)
 
 
-async def drive(server: SpeechServer, levels: list[Level], questions: list[Question], rounds: int, max_seconds: float) -> None:
+async def drive(server: ServerProcess, levels: list[Level], questions: list[Question], rounds: int, max_seconds: float) -> None:
     """Warm up, measure the baseline, connect the devices, then ``rounds`` rounds per level in
     turn (the levels differ only in how the server decodes, so their rounds alternate)."""
     # Warm-up: the first decode and synthesis set up onnxruntime's buffers; then the baseline.
@@ -390,7 +336,7 @@ def run_level(sessions: int, args: argparse.Namespace, questions: list[Question]
     """One server process for ``sessions`` devices; a Level per way of decoding in ``args.asr``."""
     levels = [Level(sessions, asr=asr) for asr in (("parallel", "serial") if args.asr == "both" else (args.asr,))]
     rounds = min(args.max_rounds, max(args.min_rounds, math.ceil(args.samples / sessions)))
-    with SpeechServer(data_dir) as server:
+    with speech_server(data_dir) as server:
         wait_for_quiet(args.quiet_wait)
         profiler = start_profiler(server.process.pid, figure_path(f"speech_concurrency_profile_{sessions}.txt")) if sessions in args.profile else None
         with MachineLoad(server.process.pid) as load:

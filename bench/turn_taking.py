@@ -43,8 +43,8 @@ import numpy as np
 import trio
 
 from bench.common import figure_path, frames, machine, open_device, opus_packets, percentiles, save_figure, table
-from bench.speech_concurrency import SpeechServer
-from tests.contracts.turn_clips import Utterance, utterances
+from bench.speech_concurrency import speech_server
+from xiaozhi_trio.testing.turn_clips import Utterance, utterances
 from xiaozhi_trio.pipeline.config import TurnPolicyConfig, default_data_dir
 from xiaozhi_trio.pipeline.messages import ListenStart, PcmChunk, SpeechEnded
 from xiaozhi_trio.pipeline.stages.listen import TurnQuestion, UtteranceDetector
@@ -213,7 +213,7 @@ def latency(clips: list[Utterance], rounds: int) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="xiaozhi-bench-turn-") as tmp:
         for name, turn in modes.items():
             into: dict[str, list[float]] = defaultdict(list)
-            with SpeechServer(Path(tmp), {"turn": turn}) as server:
+            with speech_server(Path(tmp), {"turn": turn}) as server:
                 cpu = server.cpu_seconds()
                 trio.run(drive, server.url, questions, rounds, into)
                 cpu = server.cpu_seconds() - cpu

@@ -1,5 +1,6 @@
 """Who may import whom: the core never imports the built-in plugins (they reach it through hooks
-only, as third-party plugins do)."""
+only, as third-party plugins do); bench/ never imports tests/ and tests/ never reach bench/ (what
+both need is in the installed ``xiaozhi_trio.testing``)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,22 @@ def _offences(folder: str, package: str, forbidden: tuple[str, ...]) -> list[str
 
 def test_the_core_never_imports_the_plugins():
     assert _offences("pipeline", "xiaozhi_trio.pipeline", ("xiaozhi_trio.plugins",)) == []
+
+
+def test_bench_does_not_import_tests():
+    assert _offences("bench", "bench", ("tests",)) == []
+
+
+def test_tests_do_not_reach_bench():
+    assert _offences("tests", "tests", ("bench",)) == []
+    this = Path(__file__).resolve()
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path != this:
+            assert "bench/" not in path.read_text(), f"{path.relative_to(ROOT)} reaches bench/ by path"
+
+
+def test_the_testing_package_does_not_import_tests_or_bench():
+    assert _offences("testing", "xiaozhi_trio.testing", ("tests", "bench")) == []
 
 
 @pytest.mark.parametrize(
