@@ -36,7 +36,7 @@ from xiaozhi_trio.pipeline.text.splitter import SentenceSplitter
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.coze.plugin import AGENT_KEY, CozeAgent, create_agent
 
-from xiaozhi_trio.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
+from xiaozhi_trio.plugins.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
 
 
 @dataclass(frozen=True)

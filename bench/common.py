@@ -3,7 +3,7 @@ test-double backends, simulated devices on loopback, percentiles, tables and plo
 
 The server process builds the ``App`` as ``xiaozhi-trio serve`` does (real WebSocket protocol,
 Opus codec, paced sender, worker pool, the observability plugin) but with the fake backends of
-``xiaozhi_trio.testing.fakes.backends``, and adds an observer that keeps every turn's stage latencies from the
+``xiaozhi_trio.plugins.testing.fakes.backends``, and adds an observer that keeps every turn's stage latencies from the
 session events. The benchmark process drives simulated devices against it and fetches those
 latencies through a pipe, so the two processes' CPU never mix and each clock is only ever
 compared with itself.
@@ -73,7 +73,7 @@ def raise_fd_limit(wanted: int) -> int:
 def register_phrases(phrases: Iterable[str]) -> None:
     """Give the fake recognizer its phrases. Pitches are handed out in order, so the server and the
     devices must register the same phrases in the same order."""
-    from xiaozhi_trio.testing.fakes.backends import pitch_for
+    from xiaozhi_trio.plugins.testing.fakes.backends import pitch_for
 
     for phrase in phrases:
         pitch_for(phrase)
@@ -195,8 +195,8 @@ def build_fake_app(spec: ServerSpec, resources: ExitStack) -> ServedApp:
     from xiaozhi_trio.pipeline.app import App
     from xiaozhi_trio.pipeline.registry import Plugins
     from xiaozhi_trio.plugins import observability, sqlite_store
-    from xiaozhi_trio.testing.fakes.backends import FakeAgent, FakeBackends
-    from xiaozhi_trio.testing.harness import fake_config
+    from xiaozhi_trio.plugins.testing.fakes.backends import FakeAgent, FakeBackends
+    from xiaozhi_trio.plugins.testing.harness import fake_config
 
     register_phrases(spec.phrases)
     data_dir = resources.enter_context(tempfile.TemporaryDirectory(prefix="xiaozhi-bench-"))
@@ -338,7 +338,7 @@ def end_of_speech_packet(packets: Sequence[bytes]) -> int:
     The server decodes the same packets and runs the same deterministic energy VAD, so this is
     the packet whose arrival ends the user's turn: time from its sending is the server's share.
     """
-    from xiaozhi_trio.testing.fakes.backends import FakeVad
+    from xiaozhi_trio.plugins.testing.fakes.backends import FakeVad
 
     decoder = OpusDecoder(UPLINK_RATE)
     vad = FakeVad().open_stream()
@@ -383,7 +383,7 @@ class Device:
     timestamps the current reply."""
 
     def __init__(self, client: DeviceClient) -> None:
-        from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice
+        from xiaozhi_trio.plugins.testing.fakes.mcp_device import SimulatedDevice
 
         self.client = client
         self.mcp = SimulatedDevice()

@@ -27,9 +27,9 @@ import xiaozhi_trio.plugins.coze.plugin as coze_plugin
 from xiaozhi_trio.pipeline.config import BackendConfig
 from xiaozhi_trio.pipeline.events import FirstAudio, FirstSentence, SpeechEndDetected
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 
 ANSWER = "It is Wednesday today. Shall we go for a walk in the park?"

@@ -117,7 +117,7 @@ async def connect_batch(nursery: trio.Nursery, url: str, indices: range, release
 
 async def talk_once(device: Device) -> tuple[float, str | None]:
     """One turn from an idle device; device-side ms from the end-of-speech packet to first audio."""
-    from xiaozhi_trio.testing.fakes.backends import speech
+    from xiaozhi_trio.plugins.testing.fakes.backends import speech
 
     packets = opus_packets(speech(PHRASE, 0.6)) + opus_packets(np.zeros(3 * 16000, dtype=np.float32))
     end = end_of_speech_packet(packets)

@@ -40,7 +40,7 @@ from pathlib import Path
 import psutil
 import trio
 
-from xiaozhi_trio.testing.fakes.firmware_ota import FirmwareOta
+from xiaozhi_trio.plugins.testing.fakes.firmware_ota import FirmwareOta
 
 DEVICES = 200
 
@@ -83,7 +83,7 @@ def run_ws_server(data_dir: str, ready: multiprocessing.Queue, core: int, auth: 
     from xiaozhi_trio.pipeline.ops.http import build_ops_services
     from xiaozhi_trio.pipeline.server import serve_devices
 
-    from xiaozhi_trio.testing.harness import fake_config, make_app
+    from xiaozhi_trio.plugins.testing.harness import fake_config, make_app
 
     config = dataclasses.replace(fake_config(Path(data_dir)), extra={"auth": {"enabled": auth}})
     app, _fakes, _events = make_app(Path(data_dir), config=config)

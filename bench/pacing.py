@@ -266,7 +266,7 @@ def main() -> None:
     if args.pin:
         pin(1)
     register_phrases([PHRASE])
-    from xiaozhi_trio.testing.fakes.backends import speech
+    from xiaozhi_trio.plugins.testing.fakes.backends import speech
 
     packets = opus_packets(speech(PHRASE, 0.6)) + opus_packets(np.zeros(3 * 16000, dtype=np.float32))
     uplink = frames(packets, 1)

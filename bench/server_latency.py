@@ -99,7 +99,7 @@ class Uplink:
 
     @classmethod
     def build(cls, protocol_version: int) -> Uplink:
-        from xiaozhi_trio.testing.fakes.backends import speech
+        from xiaozhi_trio.plugins.testing.fakes.backends import speech
 
         voiced = opus_packets(speech(PHRASE, SPEECH_SECONDS))
         silence = opus_packets(np.zeros(int(SILENCE_SECONDS * 16000), dtype=np.float32))

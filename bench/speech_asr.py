@@ -40,8 +40,8 @@ import psutil
 import trio
 
 from bench.common import machine, table, wait_for_quiet
-from xiaozhi_trio.testing.speech import QUESTIONS, joined, silence, spoken
-from xiaozhi_trio.testing.wer import corpus_wer
+from xiaozhi_trio.plugins.testing.speech import QUESTIONS, joined, silence, spoken
+from xiaozhi_trio.plugins.testing.wer import corpus_wer
 from xiaozhi_trio.pipeline.messages import PcmChunk, SpeechEnded
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.speech.asr import AsrOptions, SherpaAsr, recognizer_recipe

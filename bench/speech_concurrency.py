@@ -69,9 +69,9 @@ from bench.common import (
     table,
     wait_for_quiet,
 )
-from xiaozhi_trio.testing.speech import spoken
-from xiaozhi_trio.testing.wer import word_error_rate
-from xiaozhi_trio.testing.fakes.backends import FakeAgent
+from xiaozhi_trio.plugins.testing.speech import spoken
+from xiaozhi_trio.plugins.testing.wer import word_error_rate
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeAgent
 
 QUESTIONS = (
     "What is the weather like in Beijing today?",
@@ -122,7 +122,7 @@ def build_speech_app(argument: tuple[str, dict[str, dict[str, Any]]], resources:
     from xiaozhi_trio.pipeline.config import parse_config
     from xiaozhi_trio.pipeline.registry import Plugins
     from xiaozhi_trio.plugins.speech.batching import Batcher
-    from xiaozhi_trio.testing.fakes.backends import FakeBackends
+    from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends
 
     kinds = {"vad": "silero", "asr": "sherpa-onnx", "agent": "fake", "tts": "sherpa-onnx"}
     config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}, **(tables or {})})

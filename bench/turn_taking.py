@@ -44,7 +44,7 @@ import trio
 
 from bench.common import figure_path, frames, machine, open_device, opus_packets, percentiles, save_figure, table
 from bench.speech_concurrency import speech_server
-from xiaozhi_trio.testing.turn_clips import Utterance, utterances
+from xiaozhi_trio.plugins.testing.turn_clips import Utterance, utterances
 from xiaozhi_trio.pipeline.config import TurnPolicyConfig, default_data_dir
 from xiaozhi_trio.pipeline.messages import ListenStart, PcmChunk, SpeechEnded
 from xiaozhi_trio.pipeline.stages.listen import TurnQuestion, UtteranceDetector

@@ -12,10 +12,10 @@ import trio
 import xiaozhi_trio.plugins.coze.plugin as coze_plugin
 from xiaozhi_trio.pipeline.config import BackendConfig
 
-from xiaozhi_trio.testing.fakes.backends import FakeBackends, speech
-from xiaozhi_trio.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze, ToolRule
-from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, speech
+from xiaozhi_trio.plugins.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze, ToolRule
+from xiaozhi_trio.plugins.testing.fakes.mcp_device import SimulatedDevice
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 ANSWER = "The weather is sunny today. It will be warm in the afternoon. Take a hat with you. Have a nice day."
 

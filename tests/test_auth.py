@@ -26,9 +26,9 @@ from xiaozhi_trio.pipeline.tables import parse_table
 from xiaozhi_trio.pipeline.server import serve_devices
 from xiaozhi_trio.pipeline.store.devices import CheckIn
 
-from xiaozhi_trio.testing.fakes.firmware_ota import FirmwareOta
-from xiaozhi_trio.testing.fakes.ops_server import WallClock, make_services
-from xiaozhi_trio.testing.harness import make_app
+from xiaozhi_trio.plugins.testing.fakes.firmware_ota import FirmwareOta
+from xiaozhi_trio.plugins.testing.fakes.ops_server import WallClock, make_services
+from xiaozhi_trio.plugins.testing.harness import make_app
 
 MAC = "a4:cf:12:34:56:78"
 UUID = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"

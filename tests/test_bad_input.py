@@ -13,8 +13,8 @@ from trio_websocket import ConnectionClosed
 
 from xiaozhi_trio.pipeline.events import SessionClosed, SessionError, TurnEnded
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.harness import StallingStream, make_app, open_device, rejection_status
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.harness import StallingStream, make_app, open_device, rejection_status
 
 
 async def _still_answers(device, phrase: str = "are you there") -> None:

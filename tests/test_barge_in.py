@@ -11,8 +11,8 @@ import trio
 
 from xiaozhi_trio.pipeline.events import TurnEnded
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 
 STORY = "tell me a story"
 ANSWER = " ".join(f"Sentence {i} of a fairly short story." for i in range(6))

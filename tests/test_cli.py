@@ -67,8 +67,8 @@ async def test_talk_checks_in_gets_bound_and_talks(tmp_path, capsys):
     from xiaozhi_trio.pipeline.ops.http import serve_http
     from xiaozhi_trio.pipeline.server import serve_devices
 
-    from xiaozhi_trio.testing.fakes.backends import speech
-    from xiaozhi_trio.testing.harness import fake_config, make_app
+    from xiaozhi_trio.plugins.testing.fakes.backends import speech
+    from xiaozhi_trio.plugins.testing.harness import fake_config, make_app
 
     import socket
 

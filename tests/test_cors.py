@@ -6,7 +6,7 @@ import httpx
 import pytest
 from xiaozhi_trio.pipeline.backends import ConfigError
 
-from xiaozhi_trio.testing.fakes.ops_server import make_services, running_ops
+from xiaozhi_trio.plugins.testing.fakes.ops_server import make_services, running_ops
 
 PAGE = "http://192.168.1.20:8080"
 MAC = "a4:cf:12:34:56:78"

@@ -31,7 +31,7 @@ from xiaozhi_trio.plugins.coze.auth import (
 )
 from xiaozhi_trio.plugins.coze.plugin import CozeAgent, create_agent
 
-from xiaozhi_trio.testing.fakes.fake_coze import FAKE_BOT_ID, FakeCoze
+from xiaozhi_trio.plugins.testing.fakes.fake_coze import FAKE_BOT_ID, FakeCoze
 
 TOKEN_A = "pat_aaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 TOKEN_B = "pat_bbbbbbbbbbbbbbbbbbbbbbbbbbbb"

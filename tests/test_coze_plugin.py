@@ -27,7 +27,7 @@ from xiaozhi_trio.pipeline.store.conversations import SqliteConversationStore
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.coze.plugin import CozeAgent, create_agent, user_id_for
 
-from xiaozhi_trio.testing.fakes.fake_coze import (
+from xiaozhi_trio.plugins.testing.fakes.fake_coze import (
     FAKE_BOT_ID,
     FAKE_TOKEN,
     ChatFailure,
@@ -40,7 +40,7 @@ from xiaozhi_trio.testing.fakes.fake_coze import (
     Stall,
     ToolRule,
 )
-from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice, connect
+from xiaozhi_trio.plugins.testing.fakes.mcp_device import SimulatedDevice, connect
 
 
 class MemoryStore:

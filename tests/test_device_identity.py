@@ -15,9 +15,9 @@ from xiaozhi_trio.pipeline.config import BackendConfig, RecordingConfig
 from xiaozhi_trio.pipeline.protocol.handshake import parse_handshake
 from xiaozhi_trio.pipeline.protocol.identity import normalise_device_id
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.fakes.fake_coze import FAKE_BOT_ID, FAKE_TOKEN, FakeCoze
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 UPPER = "25:B0:58:0A:1B:2C"
 LOWER = "25:b0:58:0a:1b:2c"

@@ -18,7 +18,7 @@ from xiaozhi_trio.pipeline.store.devices import CheckIn, DeviceRegistry, Devices
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE, open_database
 
 from tests.databases import OpenDatabase
-from xiaozhi_trio.testing.fakes.ops_server import WallClock
+from xiaozhi_trio.plugins.testing.fakes.ops_server import WallClock
 
 MAC = "a4:cf:12:34:56:78"
 UUID = "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5"

@@ -21,8 +21,8 @@ from xiaozhi_trio.pipeline.ops.h11server import (
     serve_connection,
 )
 
-from xiaozhi_trio.testing.fakes.firmware_ota import FirmwareOta
-from xiaozhi_trio.testing.fakes.ops_server import running_ops
+from xiaozhi_trio.plugins.testing.fakes.firmware_ota import FirmwareOta
+from xiaozhi_trio.plugins.testing.fakes.ops_server import running_ops
 
 MAC = "a4:cf:12:34:56:78"
 

@@ -20,8 +20,8 @@ from xiaozhi_trio.pipeline.stages.pacing import Pacer, Runway
 from xiaozhi_trio.pipeline.stages.sender import Sent, send_reply
 from xiaozhi_trio.pipeline.stages.tts import synthesize
 
-from xiaozhi_trio.testing.fakes.backends import FakeTts
-from xiaozhi_trio.testing.harness import InlineWorkers
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeTts
+from xiaozhi_trio.plugins.testing.harness import InlineWorkers
 
 #: 20 sentences of 60 characters: 1.2 s of the fake voice each, 24 s in all.
 STORY = [f"Sentence {i:02d} of the story goes on and on about the dragon." for i in range(20)]

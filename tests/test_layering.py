@@ -1,6 +1,6 @@
 """Who may import whom: the core never imports the built-in plugins (they reach it through hooks
 only, as third-party plugins do); bench/ never imports tests/ and tests/ never reach bench/ (what
-both need is in the installed ``xiaozhi_trio.testing``)."""
+both need is in the installed ``xiaozhi_trio.plugins.testing``)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_tests_do_not_reach_bench():
 
 
 def test_the_testing_package_does_not_import_tests_or_bench():
-    assert _offences("testing", "xiaozhi_trio.testing", ("tests", "bench")) == []
+    assert _offences("plugins/testing", "xiaozhi_trio.plugins.testing", ("tests", "bench")) == []
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import xiaozhi_trio.pipeline
 from xiaozhi_trio.pipeline.backends import ToolResult
 from xiaozhi_trio.pipeline.protocol.mcp import McpClient, McpError
 
-from xiaozhi_trio.testing.fakes.mcp_device import Prop, SimulatedDevice, connect
+from xiaozhi_trio.plugins.testing.fakes.mcp_device import Prop, SimulatedDevice, connect
 
 
 def device_with_board_tools(count: int) -> SimulatedDevice:

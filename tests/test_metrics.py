@@ -40,9 +40,9 @@ from xiaozhi_trio.pipeline.ops.turns import (
 from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.plugins import observability
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.fakes.ops_server import running_ops
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.fakes.ops_server import running_ops
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 DEV = "a4:cf:12:34:56:78"
 

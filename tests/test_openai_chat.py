@@ -30,7 +30,7 @@ from xiaozhi_trio.plugins.openai_chat.options import (
 )
 from xiaozhi_trio.plugins.openai_chat.plugin import create_agent
 
-from xiaozhi_trio.testing.fakes.fake_openai import (
+from xiaozhi_trio.plugins.testing.fakes.fake_openai import (
     FakeOpenAI,
     HttpReply,
     Stream,
@@ -39,7 +39,7 @@ from xiaozhi_trio.testing.fakes.fake_openai import (
     text_reply,
     tool_call_reply,
 )
-from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice, connect
+from xiaozhi_trio.plugins.testing.fakes.mcp_device import SimulatedDevice, connect
 
 
 @pytest.fixture

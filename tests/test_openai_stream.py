@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xiaozhi_trio.plugins.openai_chat.stream import ChatStreamDecoder, ThinkFilter
 
-from xiaozhi_trio.testing.fakes.fake_openai import Stream, text_reply, tool_call_reply
+from xiaozhi_trio.plugins.testing.fakes.fake_openai import Stream, text_reply, tool_call_reply
 
 def encoded(stream: Stream) -> bytes:
     out = b""

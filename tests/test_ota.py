@@ -12,8 +12,8 @@ import httpx
 import pytest
 from xiaozhi_trio.pipeline.ops.ota import local_timezone_offset
 
-from xiaozhi_trio.testing.fakes.firmware_ota import FirmwareOta
-from xiaozhi_trio.testing.fakes.ops_server import WallClock, running_ops
+from xiaozhi_trio.plugins.testing.fakes.firmware_ota import FirmwareOta
+from xiaozhi_trio.plugins.testing.fakes.ops_server import WallClock, running_ops
 
 MAC = "a4:cf:12:34:56:78"
 KEY = bytes(range(32))

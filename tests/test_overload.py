@@ -18,9 +18,9 @@ from xiaozhi_trio.pipeline.scheduling import PLAYBACK, SPEECH_END, Urgency
 from xiaozhi_trio.pipeline.talking import TalkingSessions
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.fakes.workers import CpuWork, VirtualThreads
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.fakes.workers import CpuWork, VirtualThreads
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 from tests.test_metrics import exposition, samples
 
 IDS = {"device_id": "02:00:00:00:00:01"}

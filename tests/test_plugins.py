@@ -18,7 +18,7 @@ from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.plugins import sqlite_store
 
-from xiaozhi_trio.testing.harness import EventLog
+from xiaozhi_trio.plugins.testing.harness import EventLog
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 

@@ -15,9 +15,9 @@ import trio
 from xiaozhi_trio.pipeline.events import FirstAudio, SpeechEndDetected
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
-from xiaozhi_trio.testing.fakes.backends import FakeBackends, speech
-from xiaozhi_trio.testing.fakes.workers import VirtualThreads
-from xiaozhi_trio.testing.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, speech
+from xiaozhi_trio.plugins.testing.fakes.workers import VirtualThreads
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 
 #: 20 sentences of 60 characters: 1.2 s of audio each at 20 ms a character.
 STORY = " ".join(f"Sentence {i:02d} of the story goes on and on about the dragon." for i in range(20))

@@ -14,8 +14,8 @@ from xiaozhi_trio.pipeline.config import RecordingConfig
 from xiaozhi_trio.pipeline.events import FirstAudio, SessionError, SessionOpened, TurnEnded
 from xiaozhi_trio.pipeline.messages import AgentText
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 
 VERSIONS = [1, 2, 3]
 
@@ -355,7 +355,7 @@ async def test_recordings_keep_the_utterance_and_the_reply(tmp_path, autojump_cl
 
     import soundfile
 
-    from xiaozhi_trio.testing.harness import fake_config
+    from xiaozhi_trio.plugins.testing.harness import fake_config
 
     config = dataclasses.replace(fake_config(tmp_path), recording=RecordingConfig(enabled=True))
     app, fakes, _ = make_app(tmp_path, config=config)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from xiaozhi_trio.pipeline.messages import OpusPacket
 
-from xiaozhi_trio.testing.fakes.backends import FakeBackends, speech
-from xiaozhi_trio.testing.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, speech
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 
 FRAME = 0.06
 

@@ -20,9 +20,9 @@ from trio_websocket import ConnectionClosed
 from xiaozhi_trio.pipeline.client import DeviceClient, connect
 from xiaozhi_trio.pipeline.shutdown import ReplyTracker, drain_sessions
 
-from xiaozhi_trio.testing.fakes.backends import speech, tone
-from xiaozhi_trio.testing.fakes.serve_plugin import ANSWER, QUESTION_PITCH, installed_plugin
-from xiaozhi_trio.testing.harness import make_app, open_device, rejection_status
+from xiaozhi_trio.plugins.testing.fakes.backends import speech, tone
+from xiaozhi_trio.plugins.testing.fakes.serve_plugin import ANSWER, QUESTION_PITCH, installed_plugin
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device, rejection_status
 
 ROOT = Path(__file__).resolve().parents[1]
 STORY = " ".join(f"Part {n} of the story goes on and on." for n in range(1, 9))

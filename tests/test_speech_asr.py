@@ -36,9 +36,9 @@ from xiaozhi_trio.plugins.speech.models.moonshine import (
 
 from .contracts.asr_contract import AsrCase, AsrContract, transcribe
 from .contracts.models import moonshine_asr
-from xiaozhi_trio.testing.speech import BECKETT_TEXT, QUESTIONS, RATE, beckett, joined, silence, spoken, white_noise
-from xiaozhi_trio.testing.wer import corpus_wer, word_error_rate
-from xiaozhi_trio.testing.fakes.backends import FakeAsr, speech
+from xiaozhi_trio.plugins.testing.speech import BECKETT_TEXT, QUESTIONS, RATE, beckett, joined, silence, spoken, white_noise
+from xiaozhi_trio.plugins.testing.wer import corpus_wer, word_error_rate
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeAsr, speech
 
 # --------------------------------------------------------------------------------------------
 # A stand-in for sherpa-onnx's online recognizer: it "hears" one word per half second of sound

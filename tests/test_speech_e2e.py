@@ -37,10 +37,10 @@ from xiaozhi_trio.pipeline.registry import Plugins
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .contracts.models import models_dir
-from xiaozhi_trio.testing.speech import RATE, spoken
-from xiaozhi_trio.testing.wer import word_error_rate, words
-from xiaozhi_trio.testing.fakes.backends import FakeAgent, FakeBackends
-from xiaozhi_trio.testing.harness import EventLog, open_device
+from xiaozhi_trio.plugins.testing.speech import RATE, spoken
+from xiaozhi_trio.plugins.testing.wer import word_error_rate, words
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeAgent, FakeBackends
+from xiaozhi_trio.plugins.testing.harness import EventLog, open_device
 
 pytestmark = pytest.mark.models
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from xiaozhi_trio.plugins.speech.pieces import FRAME, PAD_SECONDS, join_texts, speech_pieces
 
-from xiaozhi_trio.testing.speech import QUESTIONS, RATE, joined, silence, spoken, white_noise
+from xiaozhi_trio.plugins.testing.speech import QUESTIONS, RATE, joined, silence, spoken, white_noise
 
 # --------------------------------------------------------------------------------------------
 # Utterance pieces and their texts

@@ -17,9 +17,9 @@ from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.speech.vad import POSTROLL_SECONDS, Segmenter, VadOptions
 
 from .contracts.models import silero_vad
-from xiaozhi_trio.testing.speech import QUESTIONS, RATE, beckett, joined, silence, spoken, white_noise
+from xiaozhi_trio.plugins.testing.speech import QUESTIONS, RATE, beckett, joined, silence, spoken, white_noise
 from .contracts.vad_contract import FRAME, VadCase, VadContract, feed_all, kinds
-from xiaozhi_trio.testing.fakes.backends import FakeVad, speech
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeVad, speech
 
 # --------------------------------------------------------------------------------------------
 # The contract, for every VAD backend

@@ -18,7 +18,7 @@ from xiaozhi_trio.pipeline.store.devices import DeviceRegistry, DevicesConfig, D
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE
 from xiaozhi_trio.plugins import sqlite_store
 
-from xiaozhi_trio.testing.fakes.backends import FakeBackends
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends
 
 
 def _store_config(tmp_path: Path, **store: object):

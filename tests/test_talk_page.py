@@ -32,10 +32,10 @@ from xiaozhi_trio.pipeline.server import serve_devices
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .contracts.models import models_dir
-from xiaozhi_trio.testing.speech import RATE, spoken
-from xiaozhi_trio.testing.wer import word_error_rate
-from xiaozhi_trio.testing.fakes.fake_openai import FakeOpenAI, text_reply, tool_call_reply
-from xiaozhi_trio.testing.fakes.ops_server import running_ops
+from xiaozhi_trio.plugins.testing.speech import RATE, spoken
+from xiaozhi_trio.plugins.testing.wer import word_error_rate
+from xiaozhi_trio.plugins.testing.fakes.fake_openai import FakeOpenAI, text_reply, tool_call_reply
+from xiaozhi_trio.plugins.testing.fakes.ops_server import running_ops
 
 CHROMIUM = "/usr/bin/chromium"
 QUESTION = "Please turn the volume down to thirty."

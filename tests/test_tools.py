@@ -21,7 +21,7 @@ from xiaozhi_trio.pipeline.protocol.tools import (
 from xiaozhi_trio.pipeline.protocol.tool_lookup import resolve_tool
 from xiaozhi_trio.pipeline.registry import ToolRegistry
 
-from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice, connect
+from xiaozhi_trio.plugins.testing.fakes.mcp_device import SimulatedDevice, connect
 
 # ---- names ---------------------------------------------------------------------------------------
 

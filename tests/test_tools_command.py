@@ -15,9 +15,9 @@ from xiaozhi_trio.pipeline.ops.services import build_ops_services
 from xiaozhi_trio.pipeline.store.device_tools import DeviceToolLists
 from xiaozhi_trio.pipeline.store.sqlite import DATABASE_FILE, open_database
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.fakes.mcp_device import SimulatedDevice
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.fakes.mcp_device import SimulatedDevice
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 DEVICE = "AA:BB:CC:00:00:07"
 

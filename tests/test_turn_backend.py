@@ -19,9 +19,9 @@ from xiaozhi_trio.pipeline.workers import CpuWorkers
 from xiaozhi_trio.plugins.speech import turn as smart_turn
 from xiaozhi_trio.plugins.speech.turn import MODEL_NAME, SmartTurn, SmartTurnOptions, create_turn_detector, load_session
 
-from xiaozhi_trio.testing.harness import fake_config, make_app
-from xiaozhi_trio.testing.speech import spoken
-from xiaozhi_trio.testing.turn_clips import broken_off
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app
+from xiaozhi_trio.plugins.testing.speech import spoken
+from xiaozhi_trio.plugins.testing.turn_clips import broken_off
 
 MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
 

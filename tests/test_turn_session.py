@@ -14,8 +14,8 @@ import numpy as np
 from xiaozhi_trio.pipeline.config import TurnPolicyConfig, parse_config
 from xiaozhi_trio.pipeline.events import SpeechEndDetected, TurnEnded
 
-from xiaozhi_trio.testing.fakes.backends import FakeBackends, speech
-from xiaozhi_trio.testing.harness import fake_config, make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, speech
+from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 FIRST = "i would like to know"
 RATE = 16000

@@ -9,8 +9,8 @@ from xiaozhi_trio.pipeline.events import TurnEnded
 from xiaozhi_trio.pipeline.messages import TypedText, WakeWordDetected
 from xiaozhi_trio.pipeline.session.reader import WakeWords
 
-from xiaozhi_trio.testing.fakes.backends import speech
-from xiaozhi_trio.testing.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 
 
 async def test_typed_text_is_shown_and_answered_like_speech(tmp_path, autojump_clock):

@@ -11,7 +11,7 @@ import trio.testing
 from xiaozhi_trio.pipeline.scheduling import FIRST_AUDIO, PLAYBACK, SPEECH_END, Urgency
 from xiaozhi_trio.pipeline.workers import CpuWorkers, current_urgency, work_urgency
 
-from xiaozhi_trio.testing.fakes.workers import CpuWork, VirtualThreads
+from xiaozhi_trio.plugins.testing.fakes.workers import CpuWork, VirtualThreads
 
 
 def pool(threads: int = 1, **kwargs: float) -> tuple[CpuWorkers, VirtualThreads]:

@@ -15,8 +15,8 @@ import trio.testing
 from xiaozhi_trio.pipeline.backends import SpeechRecognizer
 from xiaozhi_trio.pipeline.messages import PcmChunk
 
-from xiaozhi_trio.testing.speech import joined, silence
-from xiaozhi_trio.testing.wer import word_error_rate, words
+from xiaozhi_trio.plugins.testing.speech import joined, silence
+from xiaozhi_trio.plugins.testing.wer import word_error_rate, words
 
 #: 60 ms at 16 kHz: what a device's Opus frame decodes to.
 FRAME = 960

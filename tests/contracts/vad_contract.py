@@ -13,7 +13,7 @@ import numpy as np
 from xiaozhi_trio.pipeline.backends import VoiceActivityDetector
 from xiaozhi_trio.pipeline.messages import SpeechEnded, SpeechStarted, VadEvent
 
-from xiaozhi_trio.testing.speech import joined, silence
+from xiaozhi_trio.plugins.testing.speech import joined, silence
 
 #: 60 ms at 16 kHz: what a device's Opus frame decodes to.
 FRAME = 960

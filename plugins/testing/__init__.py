@@ -1,5 +1,5 @@
 """Test doubles and helpers shared by ``tests/`` and ``bench/``, installed as
-``xiaozhi_trio.testing`` so that neither reaches into the other (like ``trio.testing``).
+``xiaozhi_trio.plugins.testing`` so that neither reaches into the other (like ``trio.testing``).
 
 * ``fakes/``: faithful fakes of what the server talks to (Coze, an OpenAI-compatible API, the
   firmware's OTA client, a device's MCP server, instant backends) for tests and benchmarks;

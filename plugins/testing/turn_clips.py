@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from xiaozhi_trio.testing.speech import RATE, spoken
+from xiaozhi_trio.plugins.testing.speech import RATE, spoken
 
 #: Complete questions, English and Mandarin.
 COMPLETE_EN = (
