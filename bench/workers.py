@@ -45,8 +45,8 @@ START_TIMEOUT = 120.0
 
 def serve_bench_worker(index: int, sockets: list[socket.socket], ready_dir: str) -> None:
     """One worker: the real server on the fakes, on the supervisor's socket."""
-    from tests.fakes.backends import FakeAgent, FakeBackends
-    from tests.harness import fake_config
+    from xiaozhi_trio.plugins.testing.fakes.backends import FakeAgent, FakeBackends
+    from xiaozhi_trio.plugins.testing.harness import fake_config
     from xiaozhi_trio.pipeline.app import App
     from xiaozhi_trio.pipeline.registry import Plugins
     from xiaozhi_trio.pipeline.server import serve_devices

@@ -28,7 +28,7 @@ from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import AgentText
 from xiaozhi_trio.pipeline.store.conversations import ConversationStore
 
-from .fakes.backends import FakeBackends, pitch_for
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, pitch_for
 
 #: Phrases the device says. The fake recognizer maps pitch to phrase by registration order, so the
 #: workers register every phrase the test process knows, in its order (``known_phrases``).
@@ -43,7 +43,7 @@ def register_phrases(phrases: tuple[str, ...] | list[str] = PHRASES) -> None:
 
 def known_phrases() -> list[str]:
     """Every phrase registered in this process, in registration order."""
-    from .fakes.backends import _phrases
+    from xiaozhi_trio.plugins.testing.fakes.backends import _phrases
 
     return list(_phrases.values())
 

@@ -26,8 +26,8 @@ from xiaozhi_trio.pipeline.store.sqlite import DatabaseError
 from xiaozhi_trio.plugins import postgres_store
 
 from tests.databases import SKIP_REASON, _with_database
-from tests.fakes.backends import FakeBackends, speech
-from tests.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, speech
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 from tests.multiworker import RememberingAgentPlugin, worker_config
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "postgres-test-cluster"

@@ -15,10 +15,10 @@ from xiaozhi_trio.pipeline.messages import PcmChunk
 from xiaozhi_trio.plugins import remote_speech
 from xiaozhi_trio.plugins.remote_speech import OpenAiSpeech, OpenAiSpeechOptions, RemoteAsrOptions, RemoteRecognizer
 
-from tests.fakes.backends import FakeBackends, speech
-from tests.fakes.fake_openai import FakeOpenAI, HttpReply, Stream
-from tests.fakes.sherpa_asr_server import FakeSherpaAsrServer
-from tests.harness import make_app, open_device
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends, speech
+from xiaozhi_trio.plugins.testing.fakes.fake_openai import FakeOpenAI, HttpReply, Stream
+from xiaozhi_trio.plugins.testing.fakes.sherpa_asr_server import FakeSherpaAsrServer
+from xiaozhi_trio.plugins.testing.harness import make_app, open_device
 
 
 def closed_port() -> int:

@@ -21,7 +21,7 @@ from xiaozhi_trio.pipeline.ota_client import check_in
 from xiaozhi_trio.pipeline.store.devices import DeviceRegistry
 
 from tests.databases import OpenDatabase
-from tests.fakes.backends import speech
+from xiaozhi_trio.plugins.testing.fakes.backends import speech
 from tests.multiworker import PHRASES, known_phrases, register_phrases
 
 MAC = "02:00:00:00:0e:01"
