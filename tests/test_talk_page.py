@@ -5,7 +5,8 @@ fake microphone that plays a question spoken by espeak-ng. The server is the rea
 default speech models (Silero VAD, Moonshine ASR, Piper TTS), auth and activation on; the agent is
 the OpenAI-compatible test double on loopback, which first calls the page's volume tool and then
 answers. The page checks in, shows its activation code, gets its token once the code is bound,
-connects, talks, and must show the transcript, the sentences and the tool call, and play the reply.
+connects, talks, and must show the transcript, the sentences and the tool call, and play the reply;
+then a typed question gets its answer too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from xiaozhi_trio.plugins.testing.fakes.ops_server import running_ops
 CHROMIUM = "/usr/bin/chromium"
 QUESTION = "Please turn the volume down to thirty."
 ANSWER = "Done, the volume is thirty now. Is that better?"
+TYPED = "What is two plus two?"
+TYPED_ANSWER = "Two plus two is four."
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +94,7 @@ async def start_server(nursery: trio.Nursery, data_dir: Path) -> LiveServer:
     agent = FakeOpenAI()
     await nursery.start(agent.serve)
     volume_tool = encode_tool_name("self.audio_speaker.set_volume")
-    agent.script(tool_call_reply([("call_1", volume_tool, json.dumps({"volume": 30}))]), text_reply(ANSWER))
+    agent.script(tool_call_reply([("call_1", volume_tool, json.dumps({"volume": 30}))]), text_reply(ANSWER), text_reply(TYPED_ANSWER))
     config = parse_config({
         "server": {"data_dir": str(data_dir), "host": "127.0.0.1"},
         "vad": {"backend": "silero"},
@@ -151,6 +154,10 @@ def drive_the_page(url: str, microphone: Path, screenshot: Path, bind_code) -> d
             wait_until(page, "window.talk.connected", 20)
             page.click("#talk-auto")
             wait_until(page, "window.talk.sentences.length > 0 && !window.talk.speaking && window.talk.replyPackets > 0", 120)
+            page.click("#talk-auto")  # microphone off; now a typed question
+            page.fill("#typed", TYPED)
+            page.press("#typed", "Enter")
+            wait_until(page, f"window.talk.sentences.includes({json.dumps(TYPED_ANSWER)}) && !window.talk.speaking", 60)
             page.wait_for_timeout(500)  # the last decoded frames reach the page
             page.screenshot(path=str(screenshot), full_page=True)
             state = page.evaluate("window.talk")
@@ -183,17 +190,19 @@ async def test_a_spoken_question_in_chromium_gets_a_transcript_a_tool_call_and_r
     assert state["errors"] == [], (state["errors"], state["console"])
     assert state["sentPackets"] > 20  # seconds of Opus packets from the microphone...
     assert state["uplinkFrameMs"] == 60  # ...each 60 ms, as the hello announced
-    (transcript,) = state["transcripts"]
+    transcript, typed = state["transcripts"]
     assert word_error_rate(QUESTION, transcript) <= 0.3, transcript
+    assert typed == TYPED
     (call,) = state["toolCalls"]
     assert call == {"name": "self.audio_speaker.set_volume", "arguments": {"volume": 30}, "result": True, "error": None}
     assert state["volume"] == 30
-    assert " ".join(state["sentences"]) == ANSWER
+    assert " ".join(state["sentences"]) == f"{ANSWER} {TYPED_ANSWER}"
     assert ANSWER.split(".")[0] in state["shown"] and transcript in state["shown"]
     # The reply was decoded in the page: seconds of speech, not silence, nothing outside tts start/stop.
     assert state["replySeconds"] > 1.0 and state["strayPackets"] == 0
     assert math.sqrt(state["replyEnergy"] / state["replySamples"]) > 0.01
-    # The agent saw the question the page asked, then the tool's result.
-    first, second = server.agent.requests
+    # The agent saw the question the page asked, then the tool's result, then the typed question.
+    first, second, third = server.agent.requests
     assert first.body["messages"][-1]["content"] == transcript
     assert second.body["messages"][-1]["role"] == "tool"
+    assert third.body["messages"][-1]["content"] == TYPED

@@ -5,6 +5,7 @@
 // parameters: browsers cannot set headers), the hello, `listen` messages, the microphone as raw
 // Opus packets of 60 ms at 16 kHz (protocol version 1, WebCodecs AudioEncoder), and the reply's
 // Opus packets decoded (WebCodecs AudioDecoder) and played between `tts start` and `tts stop`.
+// A typed message goes as `listen detect` with its text, as other browser clients send it.
 // It is an MCP server with two tools, so the agent's tool calls show up here.
 //
 // `window.talk` holds what happened (transcripts, sentences, tool calls, audio counts), for
@@ -227,7 +228,7 @@ function disconnected() {
   stopPlayback();
   talk.connected = false;
   talk.speaking = false;
-  for (const id of ["talk-auto", "talk-hold", "abort", "disconnect"]) $(id).disabled = true;
+  for (const id of ["talk-auto", "talk-hold", "abort", "disconnect", "typed", "send-typed"]) $(id).disabled = true;
   $("connect").disabled = false;
   $("talk-auto").classList.remove("active");
   $("listen-state").textContent = "idle";
@@ -248,7 +249,7 @@ function onText(text) {
       return onHello(message);
     case "stt":
       talk.transcripts.push(message.text);
-      bubble("user", "you (recognized)", message.text);
+      bubble("user", "you (as the server understood)", message.text);
       return;
     case "llm":
       $("emotion").textContent = message.text || message.emotion || "";
@@ -272,7 +273,7 @@ function onHello(message) {
   talk.downlinkFrameMs = params.frame_duration || 60;
   talk.connected = true;
   configureDecoder();
-  for (const id of ["talk-auto", "talk-hold", "abort"]) $(id).disabled = false;
+  for (const id of ["talk-auto", "talk-hold", "abort", "typed", "send-typed"]) $(id).disabled = false;
   setStatus(`Connected: session ${talk.sessionId}. Press "Start talking" and ask something.`);
 }
 
@@ -453,6 +454,7 @@ async function toggleAuto() {
     button.classList.remove("active");
     button.textContent = "● Start talking";
     $("listen-state").textContent = "idle";
+    setStatus("Microphone off.");
     return;
   }
   if (talk.listenMode) return;
@@ -586,6 +588,14 @@ function init() {
     stopPlayback();
   });
   $("volume").addEventListener("input", () => setVolume(Number($("volume").value)));
+  $("type-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = field("typed");
+    if (!text) return;
+    stopPlayback(); // the server interrupts any reply for it
+    send({ type: "listen", state: "detect", text });
+    $("typed").value = "";
+  });
   if (!window.isSecureContext) {
     setStatus("Not a secure page: the microphone will not open. Use https://, or http://localhost through an SSH tunnel.", true);
   }
