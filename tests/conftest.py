@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from tests.databases import SKIP_REASON, open_db, postgres_url, store_table
 
 __all__ = ["open_db", "postgres_url", "store_table"]
+
+# CI runs every property test on the same examples, so a run's outcome never depends on chance; a
+# developer's runs explore new examples (and keep any failure they find in .hypothesis/).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
