@@ -193,7 +193,7 @@ def open_postgres(url: str, *, pool_size: int = 4, timeout: float = 5.0) -> Post
     where = redact(url)
     try:
         import psycopg
-        from psycopg_pool import ConnectionPool
+        from psycopg_pool import ConnectionPool, PoolTimeout
     except ImportError as e:
         raise DatabaseError(
             f"[store] url names PostgreSQL but its driver is not installed ({e}); "
@@ -223,7 +223,7 @@ def open_postgres(url: str, *, pool_size: int = 4, timeout: float = 5.0) -> Post
     )
     try:
         pool.open(wait=True, timeout=timeout)
-    except Exception as e:  # PoolTimeout, or what the first connection raised
+    except (PoolTimeout, psycopg.Error) as e:  # not ready in time, or the first connection failed
         pool.close()
         raise DatabaseError(f"cannot open a connection pool to PostgreSQL at {where}: {e}") from None
     return PostgresDatabase(url, pool, timeout=timeout, pool_size=pool_size)

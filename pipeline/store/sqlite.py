@@ -18,6 +18,7 @@ processes (or several ``Database`` objects) share the file.
 
 from __future__ import annotations
 
+import abc
 import logging
 import sqlite3
 import threading
@@ -52,7 +53,7 @@ class DatabaseError(BackendError):
         super().__init__(message, kind="database")
 
 
-class ThreadedDatabase:
+class ThreadedDatabase(abc.ABC):
     """The async API both databases share: each call runs in a worker thread through ``_run``.
 
     Subclasses provide ``_run(fn)`` (run ``fn(connection)`` in a worker thread, translating driver
@@ -62,11 +63,11 @@ class ThreadedDatabase:
 
     _limiter: trio.CapacityLimiter
 
-    def _run(self, fn: Callable[[Any], T]) -> T:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _run(self, fn: Callable[[Any], T]) -> T: ...
 
-    def _in_transaction(self, fn: Callable[[Any], T]) -> Callable[[Any], T]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _in_transaction(self, fn: Callable[[Any], T]) -> Callable[[Any], T]: ...
 
     # ---- async API ---------------------------------------------------------------------------
 
