@@ -114,6 +114,10 @@ class TurnRecorder:
         self.closed: Counter[str] = Counter()
         self.opened = 0
 
+    def figures(self) -> dict[str, Any]:
+        """What it kept, picklable: ``turns``, ``errors``, ``closed``, ``opened``."""
+        return {"turns": self.turns, "errors": dict(self.errors), "closed": dict(self.closed), "opened": self.opened}
+
     @hookimpl
     def xiaozhi_session_event(self, event: SessionEvent) -> None:
         match event:
@@ -204,7 +208,8 @@ def build_fake_app(spec: ServerSpec, resources: ExitStack) -> ServedApp:
     config = dataclasses.replace(
         config,
         audio=dataclasses.replace(config.audio, **spec.audio),
-        server=dataclasses.replace(config.server, **spec.server),
+        # No limit of talking devices unless the spec sets one: the benchmarks measure beyond it.
+        server=dataclasses.replace(config.server, **{"max_talking_sessions": 0, **spec.server}),
     )
     recorder = TurnRecorder()
     fakes = FakeBackends(agent=FakeAgent(answers=dict(spec.answers)))
@@ -214,10 +219,7 @@ def build_fake_app(spec: ServerSpec, resources: ExitStack) -> ServedApp:
 
     def stats() -> dict[str, Any]:
         return {
-            "turns": recorder.turns,
-            "errors": dict(recorder.errors),
-            "closed": dict(recorder.closed),
-            "opened": recorder.opened,
+            **recorder.figures(),
             "live": app.sessions.count,
             "worker_threads": workers.threads,
             "worker_calls": workers.calls,
@@ -370,6 +372,8 @@ class Heard:
     tts_start_at: float | None = None
     tts_stop_at: float | None = None
     packet_times: list[float] = field(default_factory=list)
+    #: Seconds of audio in each packet, when the device decodes them (``Device.decode``).
+    packet_seconds: list[float] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -391,6 +395,9 @@ class Device:
         self.keepalives = 0
         self.stray_packets = 0
         self.closed = trio.Event()
+        #: Decodes a reply packet as it arrives and says how many seconds of audio it held (the
+        #: firmware's own Opus work); None: packets are only timestamped.
+        self.decode: Callable[[bytes], float] | None = None
         self._speaking = False
 
     def expect_reply(self) -> Heard:
@@ -408,6 +415,8 @@ class Device:
                 if isinstance(item, OpusPacket):
                     if self._speaking:
                         self.heard.packet_times.append(now)
+                        if self.decode is not None:
+                            self.heard.packet_seconds.append(self.decode(item.data))
                     else:
                         self.stray_packets += 1
                     continue

@@ -102,6 +102,24 @@ def speech_server(data_dir: Path, tables: dict[str, dict[str, Any]] | None = Non
 # ------------------------------------------------------------------------------------------------
 
 
+def real_speech_app(data_dir: str, tables: dict[str, dict[str, Any]] | None, agent: Any, *observers: Any) -> Any:
+    """The ``App`` as ``serve`` builds it with no config but the agent: the ``silero`` VAD,
+    ``sherpa-onnx`` ASR and TTS (their default models), the worker pool sized to the cores, the
+    plugins installed as entry points; ``agent`` is the test-double agent, ``observers`` extra
+    plugins, ``tables`` config tables that replace whole tables (runs in the server process).
+    No limit of talking devices: the benchmarks measure what lies beyond it."""
+    logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
+    from xiaozhi_trio.pipeline.app import App
+    from xiaozhi_trio.pipeline.config import parse_config
+    from xiaozhi_trio.pipeline.registry import Plugins
+    from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends
+
+    kinds = {"vad": "silero", "asr": "sherpa-onnx", "agent": "fake", "tts": "sherpa-onnx"}
+    server = {"data_dir": data_dir, "max_talking_sessions": 0}
+    config = parse_config({"server": server, **{k: {"backend": v} for k, v in kinds.items()}, **(tables or {})})
+    return App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=agent), *observers]))
+
+
 class FixedAnswer(FakeAgent):
     """The instant test-double agent, saying ``ANSWER`` whatever it was asked."""
 
@@ -117,17 +135,10 @@ def build_speech_app(argument: tuple[str, dict[str, dict[str, Any]]], resources:
     ``asr parallel`` / ``asr serial`` (the recognizer's own batcher, or one decoding a single
     utterance at a time), ``reset``."""
     data_dir, tables = argument
-    logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
-    from xiaozhi_trio.pipeline.app import App
-    from xiaozhi_trio.pipeline.config import parse_config
-    from xiaozhi_trio.pipeline.registry import Plugins
     from xiaozhi_trio.plugins.speech.batching import Batcher
-    from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends
 
-    kinds = {"vad": "silero", "asr": "sherpa-onnx", "agent": "fake", "tts": "sherpa-onnx"}
-    config = parse_config({"server": {"data_dir": data_dir}, **{k: {"backend": v} for k, v in kinds.items()}, **(tables or {})})
     recorder = TurnRecorder()
-    app = App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=FixedAnswer()), recorder]))
+    app = real_speech_app(data_dir, tables, FixedAnswer(), recorder)
     lag = LoopLag()
     batchers = {"parallel": app.asr.batcher, "serial": Batcher(app.asr.decode_batch, app.workers, max_batch=1, parallel=1)}
 

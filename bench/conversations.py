@@ -1,0 +1,626 @@
+"""Devices in conversation: how many a server with the default local models holds while every
+reply stays prompt and smooth (issue 9's load bench and its knee).
+
+A household or a classroom, simulated: N devices join at random moments (seeded) over a spread of
+seconds and each holds a conversation of 3 turns, its questions alternating between one answered
+in two sentences and a request for a long story (~30 s of speech), with a random pause to think
+before each question.
+
+* **The server** runs in its own process as ``serve`` builds it with no config but the agent: the
+  ``silero`` VAD, Moonshine base-en and Piper "joe" on ``sherpa-onnx``, Smart Turn when it is
+  installed in the default models folder, the worker pool sized to the cores. The agent is a test
+  double that streams its text at a set rate (``--agent-rate`` characters a second) with its first
+  text ``--agent-first`` seconds after the question: a story when the question asks for one, else
+  two sentences. An observer there keeps each turn's stages, the pool's queue waits per kind of
+  work and the session errors; the benchmark reads them over a pipe, and the server's CPU time and
+  memory with ``psutil``.
+* **The devices** run in this process, as the firmware does: hello with MCP, ``listen start``
+  (auto mode), the microphone streamed as 60 ms Opus frames in real time (silence while the user
+  thinks, then the question spoken by Piper or espeak-ng, then silence until ``tts start``), the
+  reply decoded as it arrives (real Opus both ways) and played through a model of the device's
+  queue (``xiaozhi_trio.plugins.testing.playback``), drained in real time from a reply's first
+  packet.
+
+Per turn, on the benchmark's clock: end of speech (the capture time of the question's last voiced
+sample; a device sends a frame once it is captured) → ``stt`` and → the first reply audio packet;
+per reply: underruns (the queue ran dry before the reply's next packet came), their silence, the
+least audio queued when a packet arrived. Per level: the server's resident memory before (after a
+warm-up turn), at its peak (sampled every 0.25 s) and after (the devices gone, a few seconds on),
+CPU per answered turn, queue waits per kind of work, lost turns and errors, and the other
+processes' CPU meanwhile.
+
+The goals (issue 9): end of speech → first audio p95 ≤ 2.0 s (agent time included), → ``stt``
+p95 ≤ 0.8 s, no underrun, peak RSS ≤ 1 GiB, no lost turn. The **knee** is the largest N measured
+that holds them all, and so does every smaller N measured.
+
+Each level runs in its own server process and writes ``bench/results/conversations_<N>.json``, so
+levels can be measured one at a time (``--levels 10``) and reported together
+(``--report``, which reads every saved level). Needs espeak-ng, matplotlib and psutil. Run from
+the repository root: ``python -m bench.conversations`` (levels 10, 20, 30; about 2–3 minutes each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from bench.common import (
+    FRAME,
+    LoopLag,
+    MachineLoad,
+    RESULTS,
+    ServedApp,
+    ServerProcess,
+    TurnRecorder,
+    figure_path,
+    frames,
+    machine,
+    open_device,
+    opus_packets,
+    percentiles,
+    save_figure,
+    table,
+    wait_for_quiet,
+)
+from bench.speech_concurrency import real_speech_app
+from xiaozhi_trio.pipeline.audio.opus import OpusDecoder
+from xiaozhi_trio.pipeline.backends import AgentRequest, AgentText
+from xiaozhi_trio.pipeline.config import default_data_dir
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeAgent
+from xiaozhi_trio.plugins.testing.playback import Playback, replay
+from xiaozhi_trio.plugins.testing.turn_clips import speak
+
+RATE = 16000
+#: Questions answered in two sentences.
+SHORT_QUESTIONS = (
+    "What is the weather like in Shanghai today?",
+    "Remind me to call my mother tomorrow morning.",
+    "How far is the moon from the earth?",
+    "Please set a timer for ten minutes.",
+)
+#: Questions that ask for a story (the agent double hears "story").
+STORY_QUESTIONS = (
+    "Can you tell me a long story about a friendly dragon?",
+    "Please tell me a bedtime story about a brave little fox.",
+)
+SHORT_ANSWER = "It will be sunny and warm today, with a high of twenty five degrees. Have a lovely afternoon and enjoy the sunshine!"
+#: About 30 s of speech in the Piper "joe" voice.
+STORY = (
+    "Once upon a time, in a valley between two tall mountains, there lived a small green dragon called Pip. "
+    "Pip was not very good at breathing fire, so the other dragons laughed at him, and he often sat alone by the river. "
+    "One cold winter night, the village at the bottom of the valley lost all its candles in a storm. "
+    "Pip flew down, took a deep breath, and blew the tiny warm flame that was all he could make. "
+    "It was just enough to light one candle, then another, and soon every window in the village was glowing. "
+    "From that night on, nobody laughed at Pip again, and the children of the village called him their little lantern."
+)
+#: Seconds a user thinks before asking (drawn per turn; a few values, so the uplinks are encoded once).
+THINK_SECONDS = (1.0, 1.5, 2.0, 2.5, 3.0)
+#: Silence the microphone streams after a question until ``tts start``.
+TAIL_SECONDS = 6.0
+TURNS = 3
+LEVELS = (10, 20, 30)
+#: Goals (issue 9).
+FIRST_AUDIO_P95 = 2.0
+STT_P95 = 0.8
+RSS_LIMIT_MIB = 1024.0
+#: The models folder of a server run with no config, where ``models install`` puts Smart Turn.
+DEFAULT_MODELS = default_data_dir() / "models"
+
+
+# ------------------------------------------------------------------------------------------------
+# The server process
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamingAgent(FakeAgent):
+    """The agent double: its first text ``first_delay`` s after the question, then the rest at
+    ``chars_per_second``, word by word; a story when asked for one, else two sentences."""
+
+    chars_per_second: float = 100.0
+    stories: int = 0
+    shorts: int = 0
+
+    def answer_for(self, text: str) -> str:
+        return STORY if "story" in text.lower() else SHORT_ANSWER
+
+    async def respond(self, request: AgentRequest, send: trio.MemorySendChannel[AgentText]) -> None:
+        answer = self.answer_for(request.text)
+        if answer is STORY:
+            self.stories += 1
+        else:
+            self.shorts += 1
+        start = trio.current_time() + self.first_token_delay
+        streamed = 0
+        for index, word in enumerate(answer.split(" ")):
+            piece = word if index == 0 else " " + word
+            await trio.sleep_until(start + streamed / self.chars_per_second)
+            await send.send(AgentText(piece))
+            streamed += len(piece)
+        self.completed += 1
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    """What the server process is built from (picklable)."""
+
+    data_dir: str
+    tables: dict[str, dict[str, Any]]
+    first_delay: float
+    chars_per_second: float
+
+
+class PoolObserver:
+    """Keeps every worker-pool call's queue wait and lateness by kind of work, by wrapping the
+    pool's hook for a call that starts (measurement only)."""
+
+    def __init__(self, workers: Any) -> None:
+        self.waits: dict[str, list[float]] = {}
+        self.late: dict[str, list[float]] = {}
+        started = workers._started
+
+        def observed(job: Any, now: float) -> None:
+            self.waits.setdefault(job.kind, []).append(now - job.submitted)
+            self.late.setdefault(job.kind, []).append(max(0.0, now - max(job.urgency.due, job.submitted)))
+            started(job, now)
+
+        workers._started = observed
+
+    def clear(self) -> None:
+        self.waits.clear()
+        self.late.clear()
+
+
+def build_conversation_app(argument: ServerArgs, resources: ExitStack) -> ServedApp:
+    """The server with the real speech models and the streaming agent double (server process).
+    Commands: ``stats`` (everything since the last ``reset``), ``reset``."""
+    recorder = TurnRecorder()
+    agent = StreamingAgent(first_token_delay=argument.first_delay, chars_per_second=argument.chars_per_second)
+    app = real_speech_app(argument.data_dir, argument.tables, agent, recorder)
+    pool = PoolObserver(app.workers)
+    lag = LoopLag()
+
+    def stats() -> dict[str, Any]:
+        return {
+            **recorder.figures(),
+            "waits": pool.waits,
+            "late": pool.late,
+            "saturation_episodes": app.workers.monitor.episodes,
+            "stories": agent.stories,
+            "shorts": agent.shorts,
+            "turn_detector": type(app.turn).__name__ if app.turn is not None else "off",
+            "worker_threads": app.workers.threads,
+            "loop_lag": percentiles(lag.samples, (50, 99)),
+        }
+
+    def reset() -> None:
+        recorder.reset()
+        pool.clear()
+        lag.samples.clear()
+        agent.stories = agent.shorts = 0
+
+    return ServedApp(app, {"stats": stats, "reset": reset}, tasks=(lag.run,))
+
+
+def server_tables(models_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """Config tables beyond the agent: the default models folder when Smart Turn is installed
+    there (as ``serve`` would find it), else none (the server goes on without Smart Turn)."""
+    return {"models": {"dir": str(models_dir)}} if models_dir is not None else {}
+
+
+# ------------------------------------------------------------------------------------------------
+# The devices
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """A turn's microphone stream: silence while the user thinks, the question, then silence."""
+
+    question: str
+    frames: list[bytes]
+    #: Index of the frame that holds the question's last voiced sample.
+    last_voiced: int
+    #: Seconds from that sample to the end of its frame.
+    tail: float
+
+
+class Uplinks:
+    """Encodes each (question, thinking pause) once, in the voice asked for."""
+
+    def __init__(self, voice: str) -> None:
+        self.voice = voice
+        self._speech: dict[str, np.ndarray] = {}
+        self._made: dict[tuple[str, float], Uplink] = {}
+
+    def get(self, question: str, think: float) -> Uplink:
+        key = (question, think)
+        if key not in self._made:
+            speech = self._speech.setdefault(question, speak(question, self.voice))
+            quiet = opus_packets(np.zeros(round(think * RATE), np.float32))
+            voiced = opus_packets(speech)
+            after = opus_packets(np.zeros(round(TAIL_SECONDS * RATE), np.float32))
+            tail = len(voiced) * FRAME - len(speech) / RATE
+            self._made[key] = Uplink(question, frames(quiet + voiced + after, 1), len(quiet) + len(voiced) - 1, tail)
+        return self._made[key]
+
+
+@dataclass(frozen=True)
+class PlannedTurn:
+    question: str
+    story: bool
+    think: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One device's conversation: when it joins and what it asks."""
+
+    device: int
+    start: float
+    turns: tuple[PlannedTurn, ...]
+
+
+def plan_conversations(devices: int, turns: int, spread: float, seed: int) -> list[Plan]:
+    """Seeded: devices join at uniformly random moments within ``spread`` seconds; each alternates
+    two-sentence questions and story requests (every other device starts with a story)."""
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.uniform(0.0, spread, devices))
+    plans = []
+    for device, start in enumerate(starts):
+        planned = []
+        for turn in range(turns):
+            story = (device + turn) % 2 == 1
+            pool = STORY_QUESTIONS if story else SHORT_QUESTIONS
+            planned.append(PlannedTurn(str(rng.choice(pool)), story, float(rng.choice(THINK_SECONDS))))
+        plans.append(Plan(device + 1, float(start), tuple(planned)))
+    return plans
+
+
+@dataclass
+class TurnResult:
+    device: int
+    turn: int
+    story: bool
+    #: None when the turn was lost (see ``lost``).
+    to_stt: float | None = None
+    to_first_audio: float | None = None
+    stt: str | None = None
+    playback: dict[str, Any] | None = None
+    lost: str = ""
+
+
+def measure_turn(plan: Plan, index: int, uplink: Uplink, heard: Any, sent: Sequence[float], burst: int) -> TurnResult:
+    """What one turn's timestamps mean (benchmark clock)."""
+    result = TurnResult(plan.device, index, plan.turns[index].story, stt=heard.stt)
+    if len(sent) <= uplink.last_voiced:
+        result.lost = "reply before the question ended"
+    elif not heard.done.is_set():
+        result.lost = "no tts stop in time"
+    elif heard.first_audio_at is None:
+        result.lost = "no audio"
+    elif heard.stt_at is None:
+        result.lost = "no stt"
+    if result.lost:
+        return result
+    speech_end = sent[uplink.last_voiced] - uplink.tail
+    result.to_stt = heard.stt_at - speech_end
+    result.to_first_audio = heard.first_audio_at - speech_end
+    result.playback = asdict(replay(list(zip(heard.packet_times, heard.packet_seconds)), burst))
+    return result
+
+
+async def converse(url: str, plan: Plan, uplinks: Uplinks, t0: float, args: argparse.Namespace, into: list[TurnResult], failures: list[str]) -> None:
+    """One device: join at its moment, ask its questions, play the replies."""
+    await trio.sleep_until(t0 + plan.start)
+    burst = max(1, round(args.lead_ms / (FRAME * 1000)))
+    try:
+        async with open_device(url, plan.device) as device:
+            decoder = OpusDecoder(48000)  # Opus's own rate: each packet decodes to its exact length
+            device.decode = lambda data: len(decoder.decode(data)) / 48000
+            for index, planned in enumerate(plan.turns):
+                uplink = uplinks.get(planned.question, planned.think)
+                heard, sent = await device.say(uplink.frames, timeout=args.turn_timeout)
+                into.append(measure_turn(plan, index, uplink, heard, sent, burst))
+    except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as e:
+        # Refused, reset or closed: one device's loss, counted (its unasked turns count as lost).
+        failures.append(f"device {plan.device}: {type(e).__name__}: {e}")
+
+
+async def sample_rss(server: ServerProcess, into: list[int]) -> None:
+    while True:
+        into.append(server.rss())
+        await trio.sleep(0.25)
+
+
+@dataclass
+class Level:
+    devices: int
+    seed: int
+    turns: list[TurnResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    rss_before: float = math.nan
+    rss_peak: float = math.nan
+    rss_after: float = math.nan
+    server_cpu_seconds: float = math.nan
+    seconds: float = math.nan
+    others_cpu_percent: float = math.nan
+    load_before: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    load_after: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    server: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    # ---- figures ----
+
+    def answered(self) -> list[TurnResult]:
+        return [t for t in self.turns if not t.lost]
+
+    def lost(self) -> int:
+        planned = self.devices * self.settings.get("turns", TURNS)
+        return planned - len(self.answered())
+
+    def first_audio(self) -> dict[str, float]:
+        return percentiles([t.to_first_audio for t in self.answered() if t.to_first_audio is not None])
+
+    def stt(self) -> dict[str, float]:
+        return percentiles([t.to_stt for t in self.answered() if t.to_stt is not None])
+
+    def playbacks(self) -> list[Playback]:
+        return [Playback(**{**t.playback, "late_packets": tuple(t.playback["late_packets"])}) for t in self.answered() if t.playback]
+
+    def underruns(self) -> int:
+        return sum(p.underruns for p in self.playbacks())
+
+    def silence(self) -> float:
+        return sum(p.silence for p in self.playbacks())
+
+    def least_queued(self) -> float:
+        values = [p.least_queued for p in self.playbacks() if not math.isnan(p.least_queued)]
+        return min(values) if values else math.nan
+
+    def cpu_per_turn(self) -> float:
+        answered = len(self.answered())
+        return self.server_cpu_seconds / answered if answered else math.nan
+
+    def goals(self) -> dict[str, bool]:
+        """Which of issue 9's goals this level held."""
+        return {
+            "first audio p95": self.first_audio()["p95"] <= FIRST_AUDIO_P95,
+            "stt p95": self.stt()["p95"] <= STT_P95,
+            "no underrun": self.underruns() == 0,
+            "RSS": self.rss_peak <= RSS_LIMIT_MIB,
+            "no lost turn": self.lost() == 0 and not self.failures,
+        }
+
+
+def knee(levels: Sequence[Level], goals: Sequence[str] | None = None) -> int:
+    """The largest N that held ``goals`` (default: all) with every smaller N measured holding
+    them too; 0 when the smallest did not."""
+    best = 0
+    for level in sorted(levels, key=lambda lv: lv.devices):
+        held = level.goals()
+        if not all(held[g] for g in (goals or held)):
+            break
+        best = level.devices
+    return best
+
+
+async def drive(server: ServerProcess, level: Level, plans: list[Plan], uplinks: Uplinks, args: argparse.Namespace) -> None:
+    """Warm up with one turn, read the baseline, run every device's conversation, then let the
+    server settle and read its memory again."""
+    warm: list[TurnResult] = []
+    warm_plan = Plan(10_000, 0.0, (PlannedTurn(SHORT_QUESTIONS[0], False, 1.0),))
+    await converse(server.url, warm_plan, uplinks, trio.current_time(), args, warm, [])
+    await trio.sleep(1.0)
+    await trio.to_thread.run_sync(server.request, "reset")
+    level.rss_before = server.rss() / 2**20
+    samples: list[int] = []
+    cpu, t0 = server.cpu_seconds(), trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample_rss, server, samples)
+        with trio.move_on_after(args.max_seconds):
+            async with trio.open_nursery() as devices:
+                for plan in plans:
+                    devices.start_soon(converse, server.url, plan, uplinks, t0 + 0.5, args, level.turns, level.failures)
+        level.server_cpu_seconds = server.cpu_seconds() - cpu
+        level.seconds = trio.current_time() - t0
+        await trio.sleep(args.settle)
+        nursery.cancel_scope.cancel()
+    level.rss_peak = max(samples) / 2**20 if samples else math.nan
+    level.rss_after = server.rss() / 2**20
+
+
+def run_level(devices: int, args: argparse.Namespace, uplinks: Uplinks, data_dir: Path) -> Level:
+    """One server process, ``devices`` conversations."""
+    plans = plan_conversations(devices, args.turns, args.spread, args.seed)
+    for plan in plans:  # encode every uplink before the clock starts
+        for planned in plan.turns:
+            uplinks.get(planned.question, planned.think)
+    models = DEFAULT_MODELS if (DEFAULT_MODELS / "smart-turn-v3.2").is_dir() else None
+    level = Level(devices, args.seed, settings={
+        "turns": args.turns, "spread": args.spread, "agent_first": args.agent_first, "agent_rate": args.agent_rate,
+        "voice": args.voice, "lead_ms": args.lead_ms, "machine": machine(),
+    })
+    server_args = ServerArgs(str(data_dir), server_tables(models), args.agent_first, args.agent_rate)
+    with ServerProcess(server_args, build_conversation_app) as server:
+        wait_for_quiet(args.quiet_wait)
+        level.load_before = os.getloadavg()
+        with MachineLoad(server.process.pid) as load:
+            trio.run(drive, server, level, plans, uplinks, args)
+        level.load_after = os.getloadavg()
+        level.server = server.request("stats")
+    level.others_cpu_percent = load.others_percent
+    return level
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
+def _s(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2f}"
+
+
+def report(levels: Sequence[Level]) -> str:
+    levels = sorted(levels, key=lambda lv: lv.devices)
+    out = ["End of speech → first reply audio and → stt (s, device side); playback; memory; CPU"]
+    rows = []
+    for lv in levels:
+        a, s = lv.first_audio(), lv.stt()
+        rows.append([
+            lv.devices, len(lv.answered()), lv.lost(),
+            f"{_s(a['p50'])} / {_s(a['p95'])} / {_s(a['max'])}",
+            f"{_s(s['p50'])} / {_s(s['p95'])} / {_s(s['max'])}",
+            lv.underruns(), f"{lv.silence():.2f}", f"{1000 * lv.least_queued():.0f}",
+            f"{lv.rss_before:.0f} / {lv.rss_peak:.0f} / {lv.rss_after:.0f}",
+            f"{lv.cpu_per_turn():.2f}", f"{lv.others_cpu_percent:.0f}",
+        ])
+    out.append(table(
+        ["devices", "turns", "lost", "→ audio p50 / p95 / max", "→ stt p50 / p95 / max", "underruns", "silence s",
+         "least queued ms", "RSS MiB before / peak / after", "CPU s/turn", "others %"],
+        rows,
+    ))
+    out.append("\nWorker-pool queue waits by kind of work, p50 / p95 / max ms (late: start after the deadline, p95 ms)")
+    kinds = sorted({k for lv in levels for k in lv.server.get("waits", {})})
+    wait_rows = []
+    for lv in levels:
+        row: list[object] = [lv.devices]
+        for kind in kinds:
+            w = percentiles([1000 * x for x in lv.server.get("waits", {}).get(kind, [])])
+            late = percentiles([1000 * x for x in lv.server.get("late", {}).get(kind, [])])
+            row.append("–" if not w["n"] else f"{w['p50']:.0f} / {w['p95']:.0f} / {w['max']:.0f} (late {late['p95']:.0f}, n {int(w['n'])})")
+        row.append(lv.server.get("saturation_episodes", "–"))
+        wait_rows.append(row)
+    out.append(table(["devices", *kinds, "saturated episodes"], wait_rows))
+    out.append("\nServer stages (s, p50 / p95), from the VAD's or turn detector's decision; event-loop lag")
+    stages = ("speech_end_to_transcript", "transcript_to_first_text", "first_text_to_first_sentence", "first_sentence_to_first_audio")
+    stage_rows = []
+    for lv in levels:
+        by_stage: dict[str, list[float]] = {}
+        for turn in lv.server.get("turns", []):
+            if turn["outcome"] == "completed":
+                for stage, seconds in turn["stages"].items():
+                    by_stage.setdefault(stage, []).append(seconds)
+        cells = [f"{_s(percentiles(by_stage.get(st, []))['p50'])} / {_s(percentiles(by_stage.get(st, []))['p95'])}" for st in stages]
+        lag = lv.server.get("loop_lag", {})
+        stage_rows.append([lv.devices, *cells, f"{1000 * lag.get('p99', math.nan):.0f}", f"{1000 * lag.get('max', math.nan):.0f}"])
+    out.append(table(["devices", "→ transcript", "→ agent text", "→ sentence", "→ first audio", "loop lag p99 ms", "max ms"], stage_rows))
+    out.append("\nRuns")
+    out.append(table(
+        ["devices", "seconds", "load avg before", "load avg after", "stories / shorts", "turn detector", "errors", "device failures"],
+        [[lv.devices, f"{lv.seconds:.0f}", " ".join(f"{x:.2f}" for x in lv.load_before), " ".join(f"{x:.2f}" for x in lv.load_after),
+          f"{lv.server.get('stories', '–')} / {lv.server.get('shorts', '–')}", lv.server.get("turn_detector", "–"),
+          lv.server.get("errors") or "none", len(lv.failures)] for lv in levels],
+    ))
+    out.append("\nGoals held (first audio p95 ≤ 2.0 s, stt p95 ≤ 0.8 s, no underrun, RSS ≤ 1 GiB, no lost turn)")
+    out.append(table(["devices", *levels[0].goals()], [[lv.devices, *("yes" if ok else "NO" for ok in lv.goals().values())] for lv in levels]) if levels else "")
+    all_goals = knee(levels)
+    if all_goals:
+        out.append(f"\nKnee (all goals): {all_goals} devices")
+    elif levels:
+        out.append(f"\nKnee (all goals): none (the smallest level measured, {levels[0].devices} devices, misses a goal)")
+    for goal in levels[0].goals() if levels else ():
+        out.append(f"  holding '{goal}' alone: {knee(levels, [goal]) or 'none'}")
+    return "\n".join(out)
+
+
+def plot(levels: Sequence[Level], name: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(levels, key=lambda lv: lv.devices)
+    n = [lv.devices for lv in levels]
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    ax.plot(n, [lv.first_audio()["p50"] for lv in levels], "o-", label="→ first audio, p50")
+    ax.plot(n, [lv.first_audio()["p95"] for lv in levels], "s-", label="→ first audio, p95")
+    ax.plot(n, [lv.stt()["p95"] for lv in levels], "^--", label="→ stt, p95")
+    ax.axhline(FIRST_AUDIO_P95, color="tab:orange", linestyle=":", label=f"goal: first audio p95 ≤ {FIRST_AUDIO_P95:g} s")
+    ax.axhline(STT_P95, color="tab:green", linestyle=":", label=f"goal: stt p95 ≤ {STT_P95:g} s")
+    for lv in levels:
+        if lv.underruns():
+            ax.annotate(f"{lv.underruns()} underruns", (lv.devices, lv.first_audio()["p95"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.set_xlabel("devices in conversation")
+    ax.set_ylabel("seconds after the end of speech")
+    ax.set_xticks(n)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    mem.plot(n, [lv.rss_peak for lv in levels], "o-", label="peak")
+    mem.plot(n, [lv.rss_before for lv in levels], "s--", label="before (after warm-up)")
+    mem.plot(n, [lv.rss_after for lv in levels], "^:", label="after")
+    mem.axhline(RSS_LIMIT_MIB, color="red", linestyle=":", label="goal: 1 GiB")
+    mem.set_xlabel("devices in conversation")
+    mem.set_ylabel("server RSS (MiB)")
+    mem.set_xticks(n)
+    mem.grid(True, alpha=0.3)
+    mem.legend(fontsize=8)
+    cores = len(os.sched_getaffinity(0))
+    fig.suptitle(f"Conversations, 3 turns each: Silero + Moonshine base-en + Piper joe, agent double (first text 0.3 s), {cores} cores", fontsize=10)
+    return save_figure(fig, name)
+
+
+def load_levels(paths: Sequence[Path]) -> list[Level]:
+    """Levels saved by earlier runs (the newest file per N wins)."""
+    by_n: dict[int, Level] = {}
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime):
+        data = json.loads(path.read_text())
+        data["turns"] = [TurnResult(**t) for t in data["turns"]]
+        data["load_before"], data["load_after"] = tuple(data["load_before"]), tuple(data["load_after"])
+        level = Level(**data)
+        by_n[level.devices] = level
+    return [by_n[n] for n in sorted(by_n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="device counts, one server process each")
+    parser.add_argument("--turns", type=int, default=TURNS, help="turns per device")
+    parser.add_argument("--spread", type=float, default=30.0, help="seconds over which the devices join")
+    parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--agent-first", type=float, default=0.3, help="seconds from the question to the agent's first text")
+    parser.add_argument("--agent-rate", type=float, default=100.0, help="characters a second the agent streams")
+    parser.add_argument("--voice", default="piper", help='who asks: "piper" (the server\'s own voice) or an espeak-ng voice ("en-us")')
+    parser.add_argument("--lead-ms", type=float, default=180.0, help="the server's downlink lead ([audio] downlink_lead_ms): its opening burst")
+    parser.add_argument("--turn-timeout", type=float, default=90.0)
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="time limit of a level's conversations")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds after the last device leaves before RSS 'after'")
+    parser.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait at most for other work to calm down before a level")
+    parser.add_argument("--report", action="store_true", help="print the table and plot of every saved level instead of running")
+    args = parser.parse_args()
+    if args.report:
+        levels = load_levels(sorted(RESULTS.glob("conversations_*.json")))
+        print(report(levels))
+        print(f"\nplot: {plot(levels, 'conversations.png')}")
+        return
+    uplinks = Uplinks(args.voice)
+    levels = []
+    with tempfile.TemporaryDirectory(prefix="xiaozhi-bench-conversations-") as tmp:
+        print(machine(), flush=True)
+        for devices in (int(s) for s in args.levels.split(",")):
+            level = run_level(devices, args, uplinks, Path(tmp) / str(devices))
+            figure_path(f"conversations_{devices}.json").write_text(json.dumps(asdict(level)))
+            a = level.first_audio()
+            print(f"... {devices} devices: {len(level.answered())} turns, first audio p95 {a['p95']:.2f} s, lost {level.lost()}, underruns {level.underruns()}", flush=True)
+            levels.append(level)
+    print()
+    print(report(levels))
+    print(f"\nplot: {plot(levels, 'conversations_run.png')}")
+
+
+if __name__ == "__main__":
+    main()
