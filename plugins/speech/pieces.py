@@ -7,11 +7,12 @@ utterance's own loudness, so it works at any microphone level and over steady ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from xiaozhi_trio.pipeline.messages import Samples
+from xiaozhi_trio.pipeline.stages.asr_segments import join_texts
+
+__all__ = ["join_texts", "speech_pieces"]
 
 SAMPLE_RATE = 16000
 #: 20 ms frames; a frame is quiet when 20 dB below the utterance's loud level.
@@ -84,19 +85,3 @@ def _best_cut(rms: np.ndarray, quiet: np.ndarray, lo: int, hi: int) -> int:
     if best_mid >= 0:
         return best_mid
     return lo + int(np.argmin(rms[lo:hi]))
-
-
-def _is_cjk(ch: str) -> bool:
-    return "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\uffef"
-
-
-def join_texts(texts: Sequence[str]) -> str:
-    """The pieces' texts as one: a space between words, none between Chinese/Japanese/Korean."""
-    result = ""
-    for text in (t.strip() for t in texts):
-        if not text:
-            continue
-        if result and not (_is_cjk(result[-1]) or _is_cjk(text[0])):
-            result += " "
-        result += text
-    return result
