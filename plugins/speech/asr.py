@@ -4,7 +4,9 @@ Options (the ``[asr]`` table): ``model`` (a catalog name, default ``moonshine-ba
 ``num_threads`` (onnxruntime threads per decode), ``language`` (SenseVoice: auto, zh, en, ja, ko,
 yue; Whisper: a Whisper language code; other families take none), ``max_segment_seconds`` (longer
 utterances are cut at their quietest points and decoded in pieces), ``max_batch`` (utterances
-decoded together at most; default 8 for SenseVoice and Paraformer, 1 for the others).
+decoded together at most; default 8 for SenseVoice and Paraformer, 1 for the others),
+``decode_while_speaking`` (offline models: the recognizer stage decodes an utterance in segments
+cut at gaps between words while the user speaks, so only the last is left at the end; default on).
 
 Offline families (Moonshine, SenseVoice, Paraformer, Whisper) decode the whole utterance in
 ``finish``. Each utterance is first trimmed of long silence at its ends and cut into pieces of at
@@ -79,6 +81,8 @@ class AsrOptions:
     max_segment_seconds: Annotated[float, Between(2, 60)] = 15.0
     #: None: ``BATCH_SIZE`` for the families in ``BATCHING_FAMILIES``, else 1.
     max_batch: Annotated[int, Between(1, 64)] | None = None
+    #: Offline models: decode an utterance in segments while the user speaks (docs/speech.md).
+    decode_while_speaking: bool = True
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> AsrOptions:
@@ -179,6 +183,8 @@ class SherpaAsr:
         self.workers = workers
         self.options = options
         self.streaming = files.family in STREAMING_FAMILIES
+        #: The recognizer stage may decode an utterance in segments cut while the user speaks.
+        self.decodes_segments = not self.streaming and options.decode_while_speaking
         self._retry_shifts = RETRY_SHIFTS.get(files.family, ())
         batch = options.max_batch or self.default_batch(files.family)
         # Batches of one gain nothing from waiting for each other: run as many at once as the
@@ -195,6 +201,13 @@ class SherpaAsr:
         return StreamingRecognition(self) if self.streaming else OfflineRecognition(self)
 
     # ---- offline: runs in a worker thread, on fresh streams made here ----
+
+    def pieces_of(self, samples: Samples) -> list[Samples]:
+        """What ``finish`` decodes of an utterance: its speech in pieces (``speech_pieces``)."""
+        return [
+            np.concatenate([samples[start:stop], np.zeros(silence, np.float32)]) if silence else samples[start:stop]
+            for start, stop, silence in speech_pieces(samples, self.options.max_segment_seconds)
+        ]
 
     def decode_batch(self, utterances: list[list[Samples]]) -> list[list[str]]:
         """Decode every piece of every utterance in one ``decode_streams`` call."""
@@ -253,11 +266,7 @@ class OfflineRecognition:
 
     async def finish(self, utterance: PcmChunk) -> str:
         """Decode the whole utterance (batched with other sessions' utterances) and return its text."""
-        samples = to_sample_rate(utterance)
-        pieces = [
-            np.concatenate([samples[start:stop], np.zeros(silence, np.float32)]) if silence else samples[start:stop]
-            for start, stop, silence in speech_pieces(samples, self._asr.options.max_segment_seconds)
-        ]
+        pieces = self._asr.pieces_of(to_sample_rate(utterance))
         if not pieces:
             return ""
         texts = await self._asr.batcher.decode(pieces)

@@ -104,7 +104,9 @@ class EnergyVadStream:
                 if self._voiced_run >= self.min_speech_windows:
                     self._speech = list(self._history)
                     self._silent_run = 0
-                    events.append(SpeechStarted(PcmChunk(np.concatenate(self._speech), RATE)))
+                    # Like the real VAD: the start's audio runs to the end of the audio fed so far
+                    # (the rest of this chunk becomes the utterance's next windows).
+                    events.append(SpeechStarted(PcmChunk(np.concatenate([*self._speech, self._pending]), RATE)))
             else:
                 self._speech.append(window)
                 self._silent_run = 0 if voiced else self._silent_run + 1
@@ -146,6 +148,7 @@ class FakeRecognitionStream:
             await self.owner.workers.run(CpuWork(self.owner.delay))
         elif self.owner.delay:
             await trio.sleep(self.owner.delay)
+        self.owner.decoded.append((trio.current_time(), utterance.samples))
         if self.owner.fail:
             raise BackendError("recognizer exploded", kind="asr_test")
         text = hear(utterance.samples)
@@ -161,6 +164,10 @@ class FakeAsr:
     heard: list[str] = field(default_factory=list)
     #: When set, ``delay`` is CPU time in this pool (see ``fakes/workers.py``), not a sleep.
     workers: Any = None
+    #: Like a local offline model: the recognizer stage may decode segments while the user speaks.
+    decodes_segments: bool = False
+    #: Each ``finish`` call: when its decode was done (trio time) and the audio it was given.
+    decoded: list[tuple[float, Samples]] = field(default_factory=list)
 
     def open_stream(self) -> FakeRecognitionStream:
         return FakeRecognitionStream(self)
