@@ -95,7 +95,7 @@ def test_a_long_stretch_without_a_pause_is_cut_at_its_quietest_frame() -> None:
 def test_a_pause_cuts_at_the_end_and_a_rebase_drops_what_the_utterance_left_out() -> None:
     cutter = SegmentCutter(RULE, RATE)
     first = tone(0.5)
-    cutter.feed(np.concatenate([first, quiet(0.04)]))
+    cutter.feed(np.concatenate([first, quiet(0.04)]))  # too short a quiet for a first silence
     (paused,), _ = cutter.cut()
     assert paused.stop == round(0.54 * RATE)
     # The listen stage's utterance so far ends earlier (it left out silence): the segment goes.

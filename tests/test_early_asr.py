@@ -25,7 +25,7 @@ from xiaozhi_trio.pipeline.messages import (
 )
 from xiaozhi_trio.pipeline.stages.asr import recognize
 from xiaozhi_trio.pipeline.stages.asr_segments import CutRule
-from xiaozhi_trio.plugins.testing.fakes.backends import FakeAsr, FakeBackends, speech
+from xiaozhi_trio.plugins.testing.fakes.backends import FakeAsr, FakeBackends, FakeVad, speech
 from xiaozhi_trio.plugins.testing.harness import fake_config, make_app, open_device
 
 RATE = 16000
@@ -63,7 +63,7 @@ async def test_the_transcript_joins_the_segments_and_the_end_decodes_only_the_ta
     # Three phrases with pauses between them (the listen stage would report them; here it does
     # not, so only the recognizer's own cuts count); the last one runs to the very end of the
     # utterance, so its decode can only happen at the end.
-    audio = np.concatenate([speech("turn on", 1.1), gap(0.25), speech("the kitchen", 1.1), gap(0.25), speech("lights", 0.7)])
+    audio = np.concatenate([speech("turn on", 1.1), gap(0.35), speech("the kitchen", 1.1), gap(0.35), speech("lights", 0.7)])
     asr = FakeAsr(decodes_segments=True)
     received = await run_stage(asr, as_stage_input(audio))
     (transcript,) = [r for r in received if isinstance(r, Transcript)]
@@ -73,8 +73,8 @@ async def test_the_transcript_joins_the_segments_and_the_end_decodes_only_the_ta
     # Consecutive, exact pieces of the utterance: nothing lost, nothing decoded twice.
     assert np.array_equal(np.concatenate(decoded), audio)
     # The decode at the end was only the tail: the last phrase, and the pause from the cut (made
-    # once the quiet had lasted 80 ms, in the middle of that).
-    assert 0.7 * RATE < len(decoded[-1]) < (0.7 + 0.25 - 0.04) * RATE
+    # once the quiet had lasted 100 ms, in the middle of that).
+    assert 0.7 * RATE < len(decoded[-1]) < (0.7 + 0.35 - 0.05) * RATE
     ended_at = transcript.speech_ended_at
     assert [at < ended_at for at, _ in asr.decoded] == [True, True, False]
 
@@ -99,7 +99,8 @@ async def test_without_segments_the_whole_utterance_is_decoded_once(autojump_clo
 
 
 async def test_a_pause_keeps_the_cut_and_speech_resuming_goes_on_from_it(autojump_clock: Any) -> None:
-    first, rest = speech("what is", 0.3), speech("the time", 0.9)
+    first = speech("what is", 1.1)
+    rest = np.concatenate([gap(0.2), speech("the time", 0.9)])  # the VAD's pre-roll, then speech
     heard_before_pause = np.concatenate([first, gap(0.25)])  # the VAD heard more silence than it keeps
     so_far = np.concatenate([first, gap(0.2)])
     chunks = [PcmChunk(heard_before_pause[i : i + CHUNK], RATE) for i in range(0, len(heard_before_pause), CHUNK)]
@@ -114,14 +115,14 @@ async def test_a_pause_keeps_the_cut_and_speech_resuming_goes_on_from_it(autojum
     assert transcript.text == "what is the time"
     decoded = [samples for _, samples in asr.decoded]
     assert len(decoded) == 2
-    # Cut at the first silence (40 ms into it) and kept at the pause, though short: a pause the
-    # VAD reports is always a boundary. The silence up to the pause needed no decode.
-    assert np.array_equal(decoded[0], so_far[: round(0.34 * RATE)])
-    assert np.array_equal(decoded[1], rest)  # then only what was said after it
+    # Cut at the first silence (after 100 ms of it, in its middle) and kept, as the quiet around
+    # the pause lasted more than 300 ms; at the end only what followed the cut was decoded.
+    cut = round((1.1 + 0.06) * RATE)
+    assert np.array_equal(decoded[0], final[:cut]) and np.array_equal(decoded[1], final[cut:])
 
 
 async def test_a_failing_segment_fails_the_utterance_without_hanging(autojump_clock: Any) -> None:
-    audio = np.concatenate([speech("turn on", 1.1), gap(0.25), speech("the lights", 0.9)])
+    audio = np.concatenate([speech("turn on", 1.1), gap(0.35), speech("the lights", 0.9)])
     asr = FakeAsr(decodes_segments=True, fail=True)
     received = await run_stage(asr, as_stage_input(audio))
     assert [type(r) for r in received if not isinstance(r, UtteranceStarted)].count(RecognitionFailed) == 1
@@ -129,7 +130,8 @@ async def test_a_failing_segment_fails_the_utterance_without_hanging(autojump_cl
 
 
 def segmenting_app(tmp_path: Path) -> tuple[Any, FakeBackends, Any]:
-    fakes = FakeBackends(asr=FakeAsr(decodes_segments=True))
+    # Silero's 300 ms pre-roll: the quiet around a pause in the joined utterance lasts as long.
+    fakes = FakeBackends(vad=FakeVad(preroll=0.3), asr=FakeAsr(decodes_segments=True))
     base = fake_config(tmp_path).with_backend("turn", parse_config({"turn": {"backend": "fake"}}).backend("turn"))
     config = dataclasses.replace(base, turn_policy=TurnPolicyConfig())
     return make_app(tmp_path, fakes, config=config)
@@ -138,7 +140,7 @@ def segmenting_app(tmp_path: Path) -> tuple[Any, FakeBackends, Any]:
 async def test_a_session_answers_the_joined_segments_decoded_while_the_user_spoke(tmp_path: Path, autojump_clock: Any) -> None:
     app, fakes, _ = segmenting_app(tmp_path)
     fakes.turn.finished = {"in london"}
-    question = np.concatenate([speech("what time is it", 1.0), gap(0.3), speech("in london", 1.0)])
+    question = np.concatenate([speech("what time is it", 1.1), gap(0.5), speech("in london", 1.0)])
     async with open_device(app) as device:
         started = trio.current_time()
         reply, _ = await device.ask(question, trailing_silence=2.0)

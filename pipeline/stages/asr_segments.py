@@ -15,13 +15,14 @@ of the utterance so far (or below an absolute floor):
   last cut starts at once: if the user has finished, their text is being decoded ~100 ms after
   they stopped, long before the turn can end (the VAD's pause alone is 200 ms). If speech resumes
   before the quiet has lasted ``gap``, or the segment is shorter than ``min_segment``, the cut is
-  *withdrawn* (its decode is thrown away): a stop consonant or a breath inside a phrase is not a
-  place to cut, as a recognizer decoding each side alone gets the words at the cut wrong. A quiet
-  of ``gap`` or more is a pause between phrases and the cut stays.
+  *withdrawn* (its decode is thrown away): a stop consonant, a breath or a comma inside a
+  sentence is not a place to cut, as a recognizer decoding each side alone gets the words at the
+  cut wrong. A quiet of ``gap`` or more is a pause between phrases and the cut stays.
 * **too long**: a segment that reaches ``max_segment`` seconds without a kept cut is cut at its
   quietest frame in its second half, so a long monologue is not left to decode at its end.
-* **a pause** (``cut``): the owner cuts at the end of the audio so far when the VAD reports a
-  pause (and a tentative cut before it stays).
+* **a pause** (``cut``): when the VAD reports a pause the owner makes sure what was said up to
+  it is being decoded: a tentative cut at the end of the audio so far, unless a first silence
+  already cut there (a fallback for speech the energy rule did not see end).
 
 What the segments cover is kept exact by content: the owner says what the utterance really is so
 far (``rebase``, at a pause: the listen stage's utterance leaves out silence the VAD heard before
@@ -41,8 +42,9 @@ import numpy as np
 
 from ..messages import Samples
 
-#: A frame is quiet below this fraction of the loudest frame's RMS (-20 dB)...
-QUIET_RATIO = 0.1
+#: A frame is quiet below this fraction of the loudest frame's RMS (-30 dB: a word's final "s" or
+#: "f" is often 20-30 dB below its vowels, and cutting it off turns "lights" into "light")...
+QUIET_RATIO = 0.03
 #: ...or below this RMS (about -70 dBFS) whatever the level.
 SILENCE_FLOOR = 3e-4
 
@@ -52,8 +54,8 @@ class CutRule:
     """When ``SegmentCutter`` cuts (seconds; see the module doc and docs/speech.md for how the
     defaults were chosen)."""
 
-    first_silence: float = 0.08
-    gap: float = 0.2
+    first_silence: float = 0.1
+    gap: float = 0.3
     min_segment: float = 1.0
     max_segment: float = 4.0
     frame: float = 0.02
@@ -160,13 +162,14 @@ class SegmentCutter:
         return [c for c in cuts if c not in withdrawn], [w for w in withdrawn if w not in cuts]
 
     def cut(self) -> tuple[list[Segment], list[Segment]]:
-        """Cut at the end of the audio so far (the user paused); returns the segments this cuts
-        (the last one ends there) and those it withdraws, as ``feed`` does."""
+        """The user paused: make sure what they said up to here is being decoded. Cuts at the end
+        of the audio so far unless a first silence already cut it, tentatively like one (kept if
+        the pause lasts ``gap``); returns the segments cut and withdrawn, as ``feed`` does."""
         withdrawn: list[Segment] = []
         cuts = self._scan(withdrawn)
-        self._tentative = False  # a pause: whatever was cut before it stays cut
-        if self._tape.size > self.cut_at:
+        if self._voiced_since_cut and self._tape.size > self.cut_at:
             cuts.append(self._make(self.cut_at, self._tape.size))
+            self._tentative = True
         return [c for c in cuts if c not in withdrawn], [w for w in withdrawn if w not in cuts]
 
     def rebase(self, utterance: Samples) -> list[Segment]:
