@@ -177,6 +177,7 @@ def offline_report(data: dict[str, Any]) -> str:
 @dataclasses.dataclass
 class Question:
     text: str
+    voice: str
     frames: list[bytes]
     voiced_frames: int
     tail: float  # seconds between the last voiced sample and the end of its frame
@@ -187,7 +188,7 @@ def build_questions(clips: list[Utterance]) -> list[Question]:
     for clip in clips:
         voiced = opus_packets(clip.samples)
         packets = voiced + opus_packets(np.zeros(int(4.0 * RATE), np.float32))
-        out.append(Question(clip.text, frames(packets, 1), len(voiced), len(voiced) * FRAME - len(clip.samples) / RATE))
+        out.append(Question(clip.text, clip.voice, frames(packets, 1), len(voiced), len(voiced) * FRAME - len(clip.samples) / RATE))
     return out
 
 
@@ -203,6 +204,7 @@ async def drive(url: str, questions: list[Question], rounds: int, into: dict[str
                 end = sent[question.voiced_frames - 1] + FRAME - question.tail
                 into["stt"].append(heard.stt_at - end)
                 into["audio"].append(heard.first_audio_at - end)
+                into["voice"].append(question.voice)
                 await trio.sleep(0.8)
 
 
@@ -218,7 +220,9 @@ def latency(clips: list[Utterance], rounds: int) -> dict[str, dict[str, Any]]:
                 trio.run(drive, server.url, questions, rounds, into)
                 cpu = server.cpu_seconds() - cpu
             turns = len(into["stt"]) + 1  # the warm-up turn too
-            measured[name] = {"stt": into["stt"], "audio": into["audio"], "lost": len(into["lost"]), "cpu_per_turn": cpu / turns}
+            measured[name] = {
+                "stt": into["stt"], "audio": into["audio"], "voice": into["voice"], "lost": len(into["lost"]), "cpu_per_turn": cpu / turns,
+            }
             print(f"... {name}: {len(into['stt'])} turns", flush=True)
     return measured
 
@@ -226,9 +230,14 @@ def latency(clips: list[Utterance], rounds: int) -> dict[str, dict[str, Any]]:
 def latency_report(measured: dict[str, dict[str, Any]]) -> str:
     rows = []
     for name, m in measured.items():
-        s, a = percentiles([1000 * v for v in m["stt"]]), percentiles([1000 * v for v in m["audio"]])
-        rows.append([name, int(s["n"]), s["p50"], s["p95"], s["max"], a["p50"], a["p95"], a["max"], 1000 * m["cpu_per_turn"], m["lost"]])
-    head = ["end of turn", "turns", "→stt p50", "p95", "max", "→audio p50", "p95", "max", "CPU ms/turn", "lost"]
+        voices = m.get("voice") or ["?"] * len(m["stt"])
+        for voice in ("all", *sorted(set(voices))):
+            chosen = [i for i, v in enumerate(voices) if voice in ("all", v)]
+            s = percentiles([1000 * m["stt"][i] for i in chosen])
+            a = percentiles([1000 * m["audio"][i] for i in chosen])
+            cpu = 1000 * m["cpu_per_turn"] if voice == "all" else float("nan")
+            rows.append([name, voice, int(s["n"]), s["p50"], s["p95"], s["max"], a["p50"], a["p95"], a["max"], cpu, m["lost"]])
+    head = ["end of turn", "voice", "turns", "→stt p50", "p95", "max", "→audio p50", "p95", "max", "CPU ms/turn", "lost"]
     return table(head, rows) + "\n(ms from the end of speech, device side)"
 
 
