@@ -291,7 +291,7 @@ def test_wrong_models_and_languages_are_config_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"modell": "x"}, "unknown key(s) in [asr]: modell; valid keys: language, max_batch"),
+        ({"modell": "x"}, "unknown key(s) in [asr]: modell; valid keys: decode_while_speaking, language, max_batch"),
         ({"num_threads": "2"}, "[asr] num_threads must be int, not str '2'"),
         ({"num_threads": 0}, "[asr] num_threads must be between 1 and 16, not 0"),
         ({"max_segment_seconds": 1}, "[asr] max_segment_seconds must be between 2 and 60, not 1"),
