@@ -95,8 +95,18 @@ class SessionConfig:
     #: The reply's first segment may end at a comma once this long (CJK characters; an English
     #: word counts 1.5), so the device starts speaking sooner.
     first_clause_min_chars: int = 4
+    #: Later segments may end at a comma too until the reply holds this much text (same units), so
+    #: the next clause is synthesized while a short first one plays.
+    clause_cuts_chars: int = 12
     #: A segment with no sentence end is cut (at a comma, else a space) at this length.
     max_sentence_chars: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("first_clause_min_chars", "clause_cuts_chars"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[session] {name} must be 0 or more, not {getattr(self, name)}")
+        if self.max_sentence_chars < 10:
+            raise ConfigError(f"[session] max_sentence_chars must be at least 10, not {self.max_sentence_chars}")
 
 
 @dataclass(frozen=True)

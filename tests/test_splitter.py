@@ -282,16 +282,17 @@ def test_at_most_one_emotion_and_only_first(text: str) -> None:
     ],
 )
 def test_examples(text: str, expected: list[str]) -> None:
-    assert sentences(text) == expected
+    # (Clause cuts after the first segment are left out here: see test_clause_cuts_while_the_reply_is_short.)
+    assert sentences(text, clause_cuts_chars=0) == expected
 
 
 def test_first_clause_shortcut() -> None:
     # Long enough: 5 CJK characters, or 4 English words (6 units).
-    assert sentences("好的呀朋友，我来帮你查一下，马上就好。") == [
+    assert sentences("好的呀朋友，我来帮你查一下，马上就好。", clause_cuts_chars=0) == [
         "好的呀朋友，",
         "我来帮你查一下，马上就好。",
     ]
-    assert sentences("Sure thing my friend, let me check that, one moment.") == [
+    assert sentences("Sure thing my friend, let me check that, one moment.", clause_cuts_chars=0) == [
         "Sure thing my friend,",
         "let me check that, one moment.",
     ]
@@ -300,8 +301,8 @@ def test_first_clause_shortcut() -> None:
     assert sentences("Well, okay then.") == ["Well, okay then."]
     # Three English words are enough (4.5 units >= 4).
     assert sentences("Yes of course, here.") == ["Yes of course,", "here."]
-    # Only the first segment gets the shortcut.
-    assert sentences("你好呀朋友们，欢迎。今天天气很好，对吧？") == [
+    # With clause_cuts_chars=0 only the first segment gets the shortcut.
+    assert sentences("你好呀朋友们，欢迎。今天天气很好，对吧？", clause_cuts_chars=0) == [
         "你好呀朋友们，",
         "欢迎。",
         "今天天气很好，对吧？",
@@ -311,9 +312,45 @@ def test_first_clause_shortcut() -> None:
     assert sentences("好的呀朋友，我来。", first_clause_min_chars=10) == ["好的呀朋友，我来。"]
 
 
+def test_clause_cuts_while_the_reply_is_short() -> None:
+    # A short first clause plays for about a second: the next clause goes ahead alone too, until
+    # the reply holds clause_cuts_chars (12: here 4 + 6 words, 15 units), then sentences only.
+    assert sentences("Once upon a time, in a land far away, there lived a dragon, who could not fly.") == [
+        "Once upon a time,",
+        "in a land far away,",
+        "there lived a dragon, who could not fly.",
+    ]
+    assert sentences("好的呀朋友，今天天气很好，最高气温二十五度，适合出门，记得防晒。") == [
+        "好的呀朋友，",  # 5
+        "今天天气很好，",  # 11 < 12
+        "最高气温二十五度，",  # 19: no more clause cuts
+        "适合出门，记得防晒。",
+    ]
+    # Each clause must still be long enough to stand alone.
+    assert sentences("Sure thing my friend, well, let me check that, one moment.") == [
+        "Sure thing my friend,",
+        "well, let me check that,",
+        "one moment.",
+    ]
+    # A larger budget keeps cutting; 0 leaves only the first segment's shortcut.
+    assert sentences("好的呀朋友，今天天气很好，最高气温二十五度，适合出门，记得防晒。", clause_cuts_chars=30) == [
+        "好的呀朋友，",
+        "今天天气很好，",
+        "最高气温二十五度，",
+        "适合出门，",
+        "记得防晒。",
+    ]
+    assert sentences("Once upon a time, in a land far away, there lived a dragon.", clause_cuts_chars=0) == [
+        "Once upon a time,",
+        "in a land far away, there lived a dragon.",
+    ]
+    with pytest.raises(ValueError, match="clause_cuts_chars"):
+        SentenceSplitter(clause_cuts_chars=-1)
+
+
 def test_clause_marks_need_a_space_in_english() -> None:
     assert sentences(
-        "At 10:30,1,000 people came; all of them, sadly, left.", first_clause_min_chars=0
+        "At 10:30,1,000 people came; all of them, sadly, left.", first_clause_min_chars=0, clause_cuts_chars=0
     ) == [
         "At 10:30,1,000 people came;",
         "all of them, sadly, left.",
@@ -406,7 +443,7 @@ def abandoned(*deltas: str) -> list[Item]:
         (("The we",), []),
         (("Well, the answer",), []),  # "Well," is too short to stand alone
         (("OK. It is sunny today, with a high of tw",), ["OK.", "It is sunny today,"]),
-        (("OK. It is sunny today, with a high of twenty, ", "and lo"), ["OK.", "It is sunny today, with a high of twenty,"]),
+        (("OK. It is sunny today, with a high of twenty, ", "and lo"), ["OK.", "It is sunny today,", "with a high of twenty,"]),
         (("今天天气很好，最高气温",), ["今天天气很好，"]),
         (("好的。明天，",), ["好的。"]),
         (("It is 3.",), []),

@@ -169,7 +169,11 @@ async def _reply(ctx: SessionContext, start: StartTurn, tally: _Tally, tools: To
                     on_error=on_error("agent"),
                 )
             )
-        splitter = SentenceSplitter(first_clause_min_chars=session.first_clause_min_chars, max_chars=session.max_sentence_chars)
+        splitter = SentenceSplitter(
+            first_clause_min_chars=session.first_clause_min_chars,
+            clause_cuts_chars=session.clause_cuts_chars,
+            max_chars=session.max_sentence_chars,
+        )
         nursery.start_soon(split_sentences, agent_receive, sentence_send, splitter)
         nursery.start_soon(
             lambda: synthesize(

@@ -4,7 +4,10 @@ TTS can start on a sentence only once it is complete, so where we cut decides ho
 speaks. The rules (see ``docs/sentences.md`` for the reasoning):
 
 * The first segment of a reply may end at a clause mark (``，、：`` always, ``,;:`` when a space
-  follows) once it is long enough to sound like a phrase (``first_clause_min_chars``).
+  follows) once it is long enough to sound like a phrase (``first_clause_min_chars``). So may the
+  segments after it, as long as the reply so far is short (``clause_cuts_chars``): a short first
+  clause plays for about a second, too little for the rest of a long sentence to be written and
+  synthesized, so the next clause goes ahead alone too.
 * Every segment ends at a sentence end: ``。！？；`` always; ``! ? . …`` when followed by a space,
   a newline, CJK text or the end of the reply. A period does not end a sentence after a known
   abbreviation (``Mr.``, ``e.g.``), an initial (``J.``), a bare list number (``1.``), or before a
@@ -76,19 +79,25 @@ class SentenceSplitter:
     After ``flush`` the splitter is ready for the next reply.
     """
 
-    def __init__(self, *, first_clause_min_chars: int = 4, max_chars: int = 100) -> None:
+    def __init__(self, *, first_clause_min_chars: int = 4, clause_cuts_chars: int = 12, max_chars: int = 100) -> None:
         """
-        :param first_clause_min_chars: how long the first segment must be before it may end at a
-            clause mark, in CJK characters; a Latin word or number counts as 1.5 (about the same
-            speaking time). 4 lets "好的呀朋友，" or "Sure thing my friend," go ahead alone, but
-            not "你好，" or "Well,".
+        :param first_clause_min_chars: how long a segment must be before it may end at a clause
+            mark, in CJK characters; a Latin word or number counts as 1.5 (about the same speaking
+            time). 4 lets "好的呀朋友，" or "Sure thing my friend," go ahead alone, but not "你好，"
+            or "Well,".
+        :param clause_cuts_chars: segments may end at a clause mark until the reply's segments so
+            far hold this much text (same units; 12 is about 3 s of speech). The first segment
+            always may; 0 keeps clause cuts to the first segment alone.
         :param max_chars: the longest a segment may grow without a sentence end before it is cut.
         """
         if first_clause_min_chars < 0:
             raise ValueError(f"first_clause_min_chars must be >= 0, not {first_clause_min_chars}")
+        if clause_cuts_chars < 0:
+            raise ValueError(f"clause_cuts_chars must be >= 0, not {clause_cuts_chars}")
         if max_chars < 10:
             raise ValueError(f"max_chars must be at least 10, not {max_chars}")
         self._min_units2 = 2 * first_clause_min_chars  # in half-characters, to count words as 1.5
+        self._clause_units2 = 2 * clause_cuts_chars
         self._max = max_chars
         self._cleaner = MarkdownCleaner()
         self._emotion = LeadingEmotion()
@@ -102,7 +111,8 @@ class SentenceSplitter:
         self._pos = 0  # where the next search for a boundary starts in _buf
         self._waiting = False  # a boundary at _pos needs more text to be decided
         self._first = True  # no sentence emitted yet in this reply
-        self._candidates = _FIRST_CANDIDATES
+        self._emitted_units2 = 0  # how much text this reply's segments held so far (half-units)
+        self._candidates = _FIRST_CANDIDATES  # clause marks are candidates while the reply is short
 
     def feed(self, delta: str) -> list[Sentence | Emotion]:
         """Take the next piece of the reply; return the items it completes (often none)."""
@@ -192,7 +202,7 @@ class SentenceSplitter:
         if end == len(buf) and not final:
             return None
         after = buf[end] if end < len(buf) else ""
-        if clause:  # only searched for in the first segment
+        if clause:  # only searched for while the reply is short
             if char in ",;:" and after and not after.isspace():
                 return False, end  # 1,000 and 10:30
             return self._long_enough(buf[:end]), end
@@ -225,16 +235,22 @@ class SentenceSplitter:
         return text.lower() in ABBREVIATIONS or (len(text) == 1 and text.isupper() and text != "I")
 
     def _long_enough(self, text: str) -> bool:
-        """Is ``text`` long enough to be spoken as the first phrase of a reply?"""
-        units2 = 2 * len(_CJK_CHAR.findall(text)) + 3 * len(_LATIN_WORD.findall(text))
-        return units2 >= self._min_units2
+        """Is ``text`` long enough to be spoken as a phrase on its own?"""
+        return _units2(text) >= self._min_units2
 
     def _emit(self, items: list[Sentence | Emotion], raw: str) -> None:
         text = tidy_whitespace(raw)
         if _SPEAKABLE.search(text):
             items.append(Sentence(text))
             self._first = False
-            self._candidates = _CANDIDATES
+            self._emitted_units2 += _units2(text)
+            if self._emitted_units2 >= self._clause_units2:
+                self._candidates = _CANDIDATES
+
+
+def _units2(text: str) -> int:
+    """Speaking length of ``text`` in half CJK characters (a Latin word or number counts 1.5)."""
+    return 2 * len(_CJK_CHAR.findall(text)) + 3 * len(_LATIN_WORD.findall(text))
 
 
 def _last_clause_end(buf: str) -> int:
