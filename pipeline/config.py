@@ -46,9 +46,10 @@ class ServerConfig:
     #: Connections beyond this are refused with HTTP 503.
     max_sessions: int = 1000
     #: New connections while this many devices are in a conversation are refused with HTTP 503
-    #: ("server busy"), so the ones talking keep smooth replies; 0 = no limit. Size it from a
-    #: load run on the machine (docs/benchmarks.md).
-    max_talking_sessions: int = 0
+    #: ("server busy"), so the ones talking keep smooth replies; 0 = no limit. 10 is the most that
+    #: 2 cores held with the default local models without a stutter or a lost turn; size it from
+    #: a load run on the machine (``bench/conversations.py``, docs/benchmarks.md).
+    max_talking_sessions: int = 10
     #: Seconds after its last speech or reply that a device stops counting as talking.
     talking_window: float = 60.0
     #: Largest text or binary message accepted from a device, in bytes.

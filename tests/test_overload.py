@@ -3,6 +3,7 @@ and a limit of talking devices beyond which new connections are refused clearly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from types import SimpleNamespace
@@ -110,11 +111,27 @@ async def test_beyond_the_talking_limit_new_devices_are_refused_clearly(tmp_path
             assert reply.packets
 
 
-async def test_without_a_limit_nobody_is_refused_for_talking(tmp_path, autojump_clock) -> None:
+async def talk_on(app: App, stack: contextlib.AsyncExitStack, number: int) -> None:
+    """Device ``number`` connects (kept open by ``stack``) and is answered."""
+    device = await stack.enter_async_context(open_device(app, device_id=f"02:00:00:00:01:{number:02x}"))
+    reply, _ = await device.ask(speech("hello"))
+    assert reply.packets
+
+
+async def test_by_default_the_eleventh_talking_device_is_refused(tmp_path, autojump_clock) -> None:
     app, _, _ = make_app(tmp_path)
-    assert app.config.server.max_talking_sessions == 0
-    async with open_device(app, device_id="02:00:00:00:00:0a") as first, open_device(app, device_id="02:00:00:00:00:0b") as second:
-        for device in (first, second):
-            reply, _ = await device.ask(speech("hello"))
-            assert reply.packets
+    assert app.config.server.max_talking_sessions == 10
+    async with contextlib.AsyncExitStack() as stack:
+        for number in range(10):
+            await talk_on(app, stack, number)
+        assert await refused_with(app, device_id="02:00:00:00:01:ff") == (503, b"server busy: too many devices are talking; try again in a minute")
+
+
+async def test_without_a_limit_nobody_is_refused_for_talking(tmp_path, autojump_clock) -> None:
+    base = fake_config(tmp_path)
+    config = dataclasses.replace(base, server=dataclasses.replace(base.server, max_talking_sessions=0))
+    app, _, _ = make_app(tmp_path, config=config)
+    async with contextlib.AsyncExitStack() as stack:
+        for number in range(12):
+            await talk_on(app, stack, number)
     assert app.talking.refused == 0
