@@ -46,6 +46,7 @@ import json
 import math
 import os
 import tempfile
+import tomllib
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -214,10 +215,22 @@ def build_conversation_app(argument: ServerArgs, resources: ExitStack) -> Served
     return ServedApp(app, {"stats": stats, "reset": reset}, tasks=(lag.run,))
 
 
-def server_tables(models_dir: Path | None) -> dict[str, dict[str, Any]]:
+def server_tables(models_dir: Path | None, settings: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Config tables beyond the agent: the default models folder when Smart Turn is installed
-    there (as ``serve`` would find it), else none (the server goes on without Smart Turn)."""
-    return {"models": {"dir": str(models_dir)}} if models_dir is not None else {}
+    there (as ``serve`` would find it), else none (the server goes on without Smart Turn); then
+    each ``TABLE.KEY=VALUE`` of ``settings`` (the value read as TOML, else as a string)."""
+    tables: dict[str, dict[str, Any]] = {"models": {"dir": str(models_dir)}} if models_dir is not None else {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        table, _, key = name.partition(".")
+        if not (table and key and value):
+            raise SystemExit(f"--set wants TABLE.KEY=VALUE, not {setting!r}")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        tables.setdefault(table, {})[key] = parsed
+    return tables
 
 
 # ------------------------------------------------------------------------------------------------
@@ -451,9 +464,9 @@ def run_level(devices: int, args: argparse.Namespace, uplinks: Uplinks, data_dir
     models = DEFAULT_MODELS if (DEFAULT_MODELS / "smart-turn-v3.2").is_dir() else None
     level = Level(devices, args.seed, settings={
         "turns": args.turns, "spread": args.spread, "agent_first": args.agent_first, "agent_rate": args.agent_rate,
-        "voice": args.voice, "lead_ms": args.lead_ms, "machine": machine(),
+        "voice": args.voice, "lead_ms": args.lead_ms, "machine": machine(), "set": list(args.set),
     })
-    server_args = ServerArgs(str(data_dir), server_tables(models), args.agent_first, args.agent_rate)
+    server_args = ServerArgs(str(data_dir), server_tables(models, args.set), args.agent_first, args.agent_rate)
     with ServerProcess(server_args, build_conversation_app) as server:
         wait_for_quiet(args.quiet_wait)
         level.load_before = os.getloadavg()
@@ -600,12 +613,14 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=300.0, help="time limit of a level's conversations")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the last device leaves before RSS 'after'")
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait at most for other work to calm down before a level")
+    parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", help="a server config setting, e.g. workers.one_run_per_model=false (repeatable)")
+    parser.add_argument("--name", default="conversations", help="results are saved as bench/results/<name>_<N>.json (and read back by --report)")
     parser.add_argument("--report", action="store_true", help="print the table and plot of every saved level instead of running")
     args = parser.parse_args()
     if args.report:
-        levels = load_levels(sorted(RESULTS.glob("conversations_*.json")))
+        levels = load_levels(sorted(RESULTS.glob(f"{args.name}_*.json")))
         print(report(levels))
-        print(f"\nplot: {plot(levels, 'conversations.png')}")
+        print(f"\nplot: {plot(levels, f'{args.name}.png')}")
         return
     uplinks = Uplinks(args.voice)
     levels = []
@@ -613,13 +628,13 @@ def main() -> None:
         print(machine(), flush=True)
         for devices in (int(s) for s in args.levels.split(",")):
             level = run_level(devices, args, uplinks, Path(tmp) / str(devices))
-            figure_path(f"conversations_{devices}.json").write_text(json.dumps(asdict(level)))
+            figure_path(f"{args.name}_{devices}.json").write_text(json.dumps(asdict(level)))
             a = level.first_audio()
             print(f"... {devices} devices: {len(level.answered())} turns, first audio p95 {a['p95']:.2f} s, lost {level.lost()}, underruns {level.underruns()}", flush=True)
             levels.append(level)
     print()
     print(report(levels))
-    print(f"\nplot: {plot(levels, 'conversations_run.png')}")
+    print(f"\nplot: {plot(levels, f'{args.name}_run.png')}")
 
 
 if __name__ == "__main__":

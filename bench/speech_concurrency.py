@@ -106,7 +106,7 @@ def real_speech_app(data_dir: str, tables: dict[str, dict[str, Any]] | None, age
     """The ``App`` as ``serve`` builds it with no config but the agent: the ``silero`` VAD,
     ``sherpa-onnx`` ASR and TTS (their default models), the worker pool sized to the cores, the
     plugins installed as entry points; ``agent`` is the test-double agent, ``observers`` extra
-    plugins, ``tables`` config tables that replace whole tables (runs in the server process).
+    plugins, ``tables`` more config (keys added to the tables above; runs in the server process).
     No limit of talking devices: the benchmarks measure what lies beyond it."""
     logging.basicConfig(level="WARNING", format="server %(levelname)s %(name)s: %(message)s")
     from xiaozhi_trio.pipeline.app import App
@@ -115,8 +115,10 @@ def real_speech_app(data_dir: str, tables: dict[str, dict[str, Any]] | None, age
     from xiaozhi_trio.plugins.testing.fakes.backends import FakeBackends
 
     kinds = {"vad": "silero", "asr": "sherpa-onnx", "agent": "fake", "tts": "sherpa-onnx"}
-    server = {"data_dir": data_dir, "max_talking_sessions": 0}
-    config = parse_config({"server": server, **{k: {"backend": v} for k, v in kinds.items()}, **(tables or {})})
+    tables = dict(tables or {})
+    server = {"data_dir": data_dir, "max_talking_sessions": 0, **tables.pop("server", {})}
+    backends = {kind: {"backend": backend, **tables.pop(kind, {})} for kind, backend in kinds.items()}
+    config = parse_config({"server": server, **backends, **tables})
     return App.build(config, Plugins(entry_points=True, extra=[FakeBackends(agent=agent), *observers]))
 
 
