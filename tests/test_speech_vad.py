@@ -230,17 +230,31 @@ def test_a_longer_min_silence_joins_phrases_across_a_short_pause() -> None:
 
 
 @pytest.mark.models
-def test_streams_hand_their_model_back_when_dropped() -> None:
+def test_streams_share_one_network_and_stay_independent() -> None:
     vad = silero_vad()
-    for _ in range(5):
-        stream = vad.open_stream()
-        feed_all(stream, silence(0.2))
-        del stream
-        gc.collect()
-    assert vad.models_created == 1
-    held = [vad.open_stream() for _ in range(3)]
-    assert vad.models_created == 3
-    del held
+    first_audio = joined(silence(0.5), spoken(QUESTIONS[0]), silence(1.0))
+    second_audio = joined(silence(0.2), spoken(QUESTIONS[3]), silence(0.3), white_noise(0.5, 0.01), silence(1.3))
+    alone = [feed_all(vad.open_stream(), audio) for audio in (first_audio, second_audio)]
+    # Interleaved frame by frame on the same network, each gives what it gives alone.
+    streams = [vad.open_stream(), vad.open_stream()]
+    together: list[list] = [[], []]
+    for start in range(0, max(len(first_audio), len(second_audio)), FRAME):
+        for index, audio in enumerate((first_audio, second_audio)):
+            if start < len(audio):
+                together[index].extend(streams[index].feed(audio[start : start + FRAME]))
+    for mine, reference in zip(together, alone, strict=True):
+        assert kinds(mine) == kinds(reference) and kinds(mine)
+        assert all(np.array_equal(a.audio.samples, b.audio.samples) for a, b in zip(mine, reference, strict=True))
+
+
+def test_a_file_that_is_not_a_silero_model_is_a_clear_error(tmp_path: Path) -> None:
+    from xiaozhi_trio.pipeline.backends import BackendUnavailable
+    from xiaozhi_trio.plugins.speech.vad import SileroNetwork
+
+    broken = tmp_path / "silero_vad.onnx"
+    broken.write_bytes(b"not an onnx file" * 100)
+    with pytest.raises(BackendUnavailable, match="not a usable Silero v5 model"):
+        SileroNetwork(broken)
 
 
 @pytest.mark.models

