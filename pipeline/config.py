@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from .backends import BACKEND_KINDS, ConfigError
 from .store.context import DEFAULT_STORE
@@ -133,23 +133,52 @@ class BackendConfig:
 class TurnPolicyConfig:
     """When a pause ends the user's turn (the ``[turn]`` keys besides the backend's own)."""
 
-    #: Silence after which the turn detector is first asked whether the user has finished.
+    #: Silence after which the turn detector is asked whether the user has finished.
     pause_ms: Annotated[float, Between(0, None, exclusive_low=True)] = 200.0
     #: Silence that ends the turn whatever the detector says.
     max_silence_ms: float = 1600.0
-    #: While the detector says "not finished", ask again after this much more silence.
-    recheck_ms: Annotated[float, Between(0, None, exclusive_low=True)] = 400.0
-    #: Probability of "finished" at which the turn ends (0.8: see docs/turn-taking.md).
-    threshold: Annotated[float, Between(0, 1, exclusive_low=True)] = 0.8
+    #: Ask again after this much more silence (the newest answer counts); 0: once per pause.
+    recheck_ms: Annotated[float, Between(0, None)] = 0.0
+    #: ``[[silence_ms, probability], …]``: the probability of "finished" that ends the turn from
+    #: each silence on (see docs/turn-taking.md); unset: the default below, or ``threshold`` at
+    #: every silence.
+    schedule: tuple[tuple[float, ...], ...] | None = None
+    #: One probability at every silence instead of a schedule.
+    threshold: Annotated[float, Between(0, 1, exclusive_low=True)] | None = None
     #: Listen modes that use the detector; the others keep the VAD's own silence window
     #: (``manual`` ends with ``listen stop`` anyway).
     modes: tuple[Annotated[str, OneOf(*LISTEN_MODES)], ...] = ("auto", "realtime")
+
+    #: Very sure to end the turn before 1 s of silence, half sure from then on.
+    DEFAULT_SCHEDULE: ClassVar[tuple[tuple[float, float], ...]] = ((200.0, 0.93), (1000.0, 0.5))
 
     def __post_init__(self) -> None:
         require(
             self.pause_ms <= self.max_silence_ms,
             f"[turn] needs pause_ms <= max_silence_ms, not {self.pause_ms:g} and {self.max_silence_ms:g}",
         )
+        require(self.schedule is None or self.threshold is None, "[turn] has both schedule and threshold: keep one")
+        if self.schedule is None:
+            return
+        require(len(self.schedule) > 0, "[turn] schedule needs at least one [silence_ms, probability] point")
+        for i, point in enumerate(self.schedule):
+            require(
+                len(point) == 2 and point[0] >= 0 and 0 < point[1] <= 1,
+                f"[turn] schedule[{i}] must be [silence_ms, probability] with silence_ms >= 0 and a"
+                f" probability more than 0 and at most 1, not {list(point)}",
+            )
+        for i, ((s1, p1), (s2, p2)) in enumerate(zip(self.schedule, self.schedule[1:]), start=1):
+            require(s2 > s1, f"[turn] schedule[{i}]: silences must grow from point to point, not {s1:g} then {s2:g} ms")
+            require(p2 <= p1, f"[turn] schedule[{i}]: the probability may only fall as the silence grows, not {p1:g} then {p2:g}")
+
+    @property
+    def threshold_schedule(self) -> tuple[tuple[float, float], ...]:
+        """The schedule in effect: ``schedule``, else ``threshold`` at every silence, else the default."""
+        if self.schedule is not None:
+            return tuple((float(s), float(p)) for s, p in self.schedule)
+        if self.threshold is not None:
+            return ((0.0, self.threshold),)
+        return self.DEFAULT_SCHEDULE
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,17 @@
 """When does a pause end the user's turn? A sans-IO state machine around a turn detector.
 
 The VAD reports short pauses (``pause`` seconds of silence, ~200 ms). At each one the policy asks
-the detector whether the user has finished; "finished" ends the turn at once, "not finished"
-keeps listening, asking again each time the pause has grown by ``recheck`` seconds, until
-``max_silence`` ends the turn whatever the detector thinks. Speech before that resumes the same
-utterance. Answers to an older question (asked before the user spoke again, or before the turn
-ended) are ignored, so they can never end a later pause or a later turn.
+the detector for the probability that the user has finished. How sure it must be depends on how
+long the user has been silent (``schedule``): very sure to answer at once (0.93), less once the
+silence is long (0.5 from 1 s), since a long silence is itself a sign that the user is done.
+The answer is kept as a deadline: the turn ends at the silence where the schedule falls to the
+probability (at once if it already has), or at ``max_silence`` whatever the detector said. With
+``recheck`` the detector is asked again each time the pause has grown by that much, and its newest
+answer sets the deadline; 0 asks once per pause.
+
+Speech before the turn ends resumes the same utterance and forgets the deadline. Answers to an
+older question (asked before the user spoke again, or before the turn ended) are ignored, so they
+can never end a later pause or a later turn.
 
 The policy never sees audio or a clock: its owner reports speech, the silence so far and the
 detector's answers, and carries out the actions it returns (``Ask``, ``EndTurn``).
@@ -14,27 +20,63 @@ detector's answers, and carries out the actions it returns (``Ask``, ``EndTurn``
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from ..config import TurnPolicyConfig
 
+#: (silence in seconds, probability of "finished" that ends the turn at that silence), in order.
+Schedule = tuple[tuple[float, float], ...]
+
 
 @dataclass(frozen=True)
 class TurnTiming:
-    """The policy's settings, in seconds (``[turn]`` in the config has them in ms)."""
+    """The policy's settings, in seconds (``[turn]`` in the config has them in ms).
+
+    ``schedule``: the probability needed from each point's silence on (the first point's before
+    it); it may only fall as the silence grows.
+    """
 
     pause: float = 0.2
     max_silence: float = 1.6
-    recheck: float = 0.4
-    threshold: float = 0.8
+    recheck: float = 0.0
+    schedule: Schedule = ((0.2, 0.93), (1.0, 0.5))
 
     @classmethod
     def from_config(cls, config: TurnPolicyConfig) -> TurnTiming:
-        return cls(config.pause_ms / 1000, config.max_silence_ms / 1000, config.recheck_ms / 1000, config.threshold)
+        schedule = tuple((ms / 1000, probability) for ms, probability in config.threshold_schedule)
+        return cls(config.pause_ms / 1000, config.max_silence_ms / 1000, config.recheck_ms / 1000, schedule)
+
+    @classmethod
+    def constant(cls, threshold: float, **kwargs: float) -> TurnTiming:
+        """One threshold at every silence."""
+        return cls(schedule=((0.0, threshold),), **kwargs)
 
     def __post_init__(self) -> None:
-        if not 0 < self.pause <= self.max_silence or self.recheck <= 0 or not 0 < self.threshold < 1:
+        points = self.schedule
+        if (
+            not 0 < self.pause <= self.max_silence
+            or self.recheck < 0
+            or not points
+            or any(not 0 < p <= 1 or s < 0 for s, p in points)
+            or any(s2 <= s1 or p2 > p1 for (s1, p1), (s2, p2) in zip(points, points[1:]))
+        ):
             raise ValueError(f"inconsistent turn timing {self}")
+
+    def threshold(self, silence: float) -> float:
+        """The probability of "finished" that ends the turn after ``silence`` seconds."""
+        value = self.schedule[0][1]
+        for at, probability in self.schedule:
+            if silence >= at:
+                value = probability
+        return value
+
+    def deadline(self, asked_at: float, probability: float) -> float:
+        """The first silence from ``asked_at`` on at which ``probability`` ends the turn (inf:
+        never, only ``max_silence`` will)."""
+        if probability >= self.threshold(asked_at):
+            return asked_at
+        return next((at for at, needed in self.schedule if at > asked_at and probability >= needed), math.inf)
 
 
 class Phase(enum.Enum):
@@ -53,7 +95,8 @@ class Ask:
 
 @dataclass(frozen=True)
 class EndTurn:
-    """Utterance ``utterance`` is over: ``"detector"`` said so, or the ``"silence"`` was too long."""
+    """Utterance ``utterance`` is over: ``"detector"`` said so (its answer's deadline came), the
+    ``"silence"`` was too long, or it was ``"forced"``."""
 
     utterance: int
     reason: str
@@ -73,6 +116,8 @@ class TurnPolicy:
         self._asks = 0
         self._pending: int | None = None  # the question waiting for its answer
         self._next_ask_at = timing.pause  # silence at which the next question is due
+        self._asked_at = 0.0  # the silence when the pending question was asked
+        self._deadline = math.inf  # the silence at which the last answer ends the turn
         self._silence = 0.0
 
     @property
@@ -87,6 +132,7 @@ class TurnPolicy:
         self.phase = Phase.SPEAKING
         self._pending = None  # an answer about the shorter utterance no longer counts
         self._next_ask_at = self.timing.pause
+        self._deadline = math.inf
         self._silence = 0.0
         return []
 
@@ -96,12 +142,14 @@ class TurnPolicy:
             return []
         self.phase = Phase.PAUSED
         self._silence = max(self._silence, seconds)
-        if self._silence >= self.timing.max_silence:
-            return [self._end("silence")]
+        if self._silence >= min(self._deadline, self.timing.max_silence):
+            return [self._end("detector" if self._deadline <= self.timing.max_silence else "silence")]
         if self._pending is None and self._silence >= self._next_ask_at:
             self._asks += 1
             self._pending = self._asks
-            self._next_ask_at = self._silence + self.timing.recheck
+            self._asked_at = self._silence
+            # recheck 0: this pause has had its question.
+            self._next_ask_at = self._silence + self.timing.recheck if self.timing.recheck else math.inf
             return [Ask(self._asks, self.utterance)]
         return []
 
@@ -110,12 +158,14 @@ class TurnPolicy:
         if ask != self._pending or self.phase is not Phase.PAUSED:
             return []  # stale: the user spoke again, or the turn already ended
         self._pending = None
-        if probability >= self.timing.threshold:
+        self._deadline = self.timing.deadline(self._asked_at, probability)
+        if self._silence >= self._deadline:
             return [self._end("detector")]
         return []
 
     def failed(self, ask: int) -> list[Action]:
-        """The detector could not answer ``ask``: wait for the next question or the silence limit."""
+        """The detector could not answer ``ask``: the deadline stays as it was (none, or an earlier
+        answer's); wait for it, the next question or the silence limit."""
         if ask == self._pending:
             self._pending = None
         return []
@@ -128,10 +178,12 @@ class TurnPolicy:
         """Forget the utterance in progress without ending it (the device stopped listening)."""
         self.phase = Phase.IDLE
         self._pending = None
+        self._deadline = math.inf
         self._silence = 0.0
 
     def _end(self, reason: str) -> EndTurn:
         self.phase = Phase.IDLE
         self._pending = None
+        self._deadline = math.inf
         self._silence = 0.0
         return EndTurn(self.utterance, reason)
