@@ -57,6 +57,24 @@ async def test_a_mid_sentence_pause_does_not_end_the_turn(tmp_path: Path, autoju
     assert ended.utterance_seconds >= 0.8 + 1.4  # both parts, one utterance
 
 
+async def test_a_doubtful_answer_at_a_mid_sentence_pause_does_not_end_the_turn(tmp_path: Path, autojump_clock: Any) -> None:
+    # 0.6 ends the turn at the pause with one threshold of 0.5 (pipecat's); by default only after
+    # 1 s of silence, and the user speaks on after 0.7 s.
+    for policy, joined in (({}, True), ({"threshold": 0.5}, False)):
+        app, fakes, events = turn_app(tmp_path, **policy)
+        fakes.turn.finished = {REST}
+        fakes.turn.probabilities = {FIRST: 0.6}
+        async with open_device(app) as device:
+            await device.listen_start("auto")
+            await device.speak(broken_sentence(0.7), trailing_silence=2.0)
+            await device.receive_reply()
+        assert fakes.turn.asked[0] == FIRST
+        assert [r.text for r in fakes.agent.requests][:1] == ([REST] if joined else [FIRST]), policy
+        if joined:
+            (ended,) = events.of(SpeechEndDetected)
+            assert ended.utterance_seconds >= 0.8 + 1.4
+
+
 async def test_without_a_detector_the_same_pause_splits_the_sentence(tmp_path: Path, autojump_clock: Any) -> None:
     app, fakes, _ = make_app(tmp_path)  # [turn] backend = "off": the VAD's 0.3 s window decides
     async with open_device(app) as device:
@@ -84,7 +102,14 @@ async def test_an_unfinished_sentence_ends_at_the_silence_limit(tmp_path: Path, 
         reply, spoken_at = await ask(device, speech(FIRST), trailing_silence=3.0)
     assert reply.stt == FIRST and reply.stt_at is not None
     assert reply.stt_at - spoken_at >= 1.2 - FRAME  # the silence is counted in whole uplink frames
-    # Asked at the pause and again as it grew (every 400 ms), "not finished" each time.
+    # Asked once, at the pause: "not finished".
+    assert fakes.turn.asked == [FIRST]
+
+
+async def test_asked_again_as_the_silence_grows_with_recheck(tmp_path: Path, autojump_clock: Any) -> None:
+    app, fakes, _ = turn_app(tmp_path, max_silence_ms=1200.0, recheck_ms=400.0)
+    async with open_device(app) as device:
+        await ask(device, speech(FIRST), trailing_silence=3.0)
     assert len(fakes.turn.asked) >= 3
 
 

@@ -253,10 +253,12 @@ class FakeTts:
 @dataclass
 class FakeTurn:
     """Hears the phrase before the pause (the utterance's last second) and calls the turn
-    finished when it is one of ``finished``; takes ``delay`` seconds, like a model in a worker."""
+    finished (0.97) when it is one of ``finished``, else unfinished (0.1), unless ``probabilities``
+    gives the phrase its own answer; takes ``delay`` seconds, like a model in a worker."""
 
     sample_rate: int = RATE
     finished: set[str] = field(default_factory=set)
+    probabilities: dict[str, float] = field(default_factory=dict)
     delay: float = 0.05
     fail: bool = False
     asked: list[str] = field(default_factory=list)
@@ -267,7 +269,7 @@ class FakeTurn:
             raise BackendError("turn model exploded", kind="turn_test")
         phrase = hear(utterance.samples[-RATE:])
         self.asked.append(phrase)
-        probability = 0.9 if phrase in self.finished else 0.1
+        probability = self.probabilities.get(phrase, 0.97 if phrase in self.finished else 0.1)
         return TurnVerdict(probability, probability > 0.5)
 
 
