@@ -44,6 +44,7 @@ import trio
 
 from bench.common import figure_path, frames, machine, open_device, opus_packets, percentiles, save_figure, table
 from bench.speech_concurrency import speech_server
+from xiaozhi_trio.plugins.testing import turn_clips
 from xiaozhi_trio.plugins.testing.turn_clips import Utterance, utterances
 from xiaozhi_trio.pipeline.config import TurnPolicyConfig, default_data_dir
 from xiaozhi_trio.pipeline.messages import ListenStart, PcmChunk, SpeechEnded
@@ -67,19 +68,24 @@ MODEL = default_data_dir() / "models" / "smart-turn-v3.2" / "smart-turn-v3.2-cpu
 class Outcome:
     voice: str
     language: str
-    complete: bool
+    kind: str
     pause: float
-    #: Audio time of each turn end, in seconds from the start of the utterance's speech.
+    #: Audio time of each turn end, in seconds from the start of the clip (lead-in included).
     ends: list[float]
     speech_seconds: float
     calls: int = 0
+    resume_at: float = 0.0
+    #: The detector's answer to the first question about the clip (NaN: never asked).
+    first_probability: float = float("nan")
+
+    @property
+    def complete(self) -> bool:
+        return self.kind == "complete"
 
     @property
     def false_end(self) -> bool:
         """An incomplete utterance whose turn ended before the user spoke on."""
         return not self.complete and bool(self.ends) and self.ends[0] < self.resume_at
-
-    resume_at: float = 0.0
 
     @property
     def end_delay(self) -> float:
@@ -87,10 +93,16 @@ class Outcome:
         return self.ends[0] - self.speech_seconds if self.ends else float("nan")
 
 
-def run_detector(detector: UtteranceDetector, audio: np.ndarray, ask: Any) -> tuple[list[float], int]:
-    """Feed ``audio`` in uplink chunks; answer questions at once with ``ask``; return turn-end times."""
+def voice_of(clip: Utterance) -> str:
+    """The voice as the report names it: Piper's sampled takes apart from its noiseless one."""
+    return "piper-noise" if clip.voice == "piper" and clip.take else clip.voice
+
+
+def run_detector(detector: UtteranceDetector, audio: np.ndarray, ask: Any) -> tuple[list[float], list[float]]:
+    """Feed ``audio`` in uplink chunks; answer questions at once with ``ask``; return the turn-end
+    times and the answers given."""
     ends: list[float] = []
-    calls = 0
+    answers: list[float] = []
     pending = list(detector.control(ListenStart("auto")))
     for start in range(0, len(audio), CHUNK):
         pending += detector.audio(PcmChunk(audio[start : start + CHUNK], RATE))
@@ -98,11 +110,11 @@ def run_detector(detector: UtteranceDetector, audio: np.ndarray, ask: Any) -> tu
         while pending:
             output = pending.pop(0)
             if isinstance(output, TurnQuestion):
-                calls += 1
-                pending += detector.answer(output.ask, ask(output.audio.samples))
+                answers.append(ask(output.audio.samples))
+                pending += detector.answer(output.ask, answers[-1])
             elif isinstance(output, SpeechEnded):
                 ends.append(now)
-    return ends, calls
+    return ends, answers
 
 
 def offline(clips: list[Utterance], timings: dict[str, TurnTiming]) -> dict[str, Any]:
@@ -116,7 +128,7 @@ def offline(clips: list[Utterance], timings: dict[str, TurnTiming]) -> dict[str,
     model = SmartTurn(load_session(MODEL), CpuWorkers(1))
     costs: list[float] = []
 
-    answers: dict[bytes, float] = {}  # variants ask about the same audio: one model call each
+    answers: dict[bytes, float] = {}  # policies ask about the same audio: one model call each
 
     def ask(samples: np.ndarray) -> float:
         key = hashlib.sha1(samples.tobytes()).digest()
@@ -135,38 +147,60 @@ def offline(clips: list[Utterance], timings: dict[str, TurnTiming]) -> dict[str,
         for name, timing in timings.items():
             variants[name] = UtteranceDetector(vad.open_stream, turn=timing, turn_modes=("auto",))
         for name, detector in variants.items():
-            ends, calls = run_detector(detector, audio, ask)
+            ends, given = run_detector(detector, audio, ask)
+            first = given[0] if given else float("nan")
             results[name].append(
-                Outcome(clip.voice, clip.language, clip.complete, clip.pause_samples / RATE, ends, speech, calls, resume_at)
+                Outcome(voice_of(clip), clip.language, clip.kind, clip.pause_samples / RATE, ends, speech, len(given), resume_at, first)
             )
     return {"results": results, "cost_per_call": costs}
 
 
-def offline_report(data: dict[str, Any]) -> str:
+def _false(outcomes: list[Outcome]) -> str:
+    broken = [o for o in outcomes if not o.complete]
+    if not broken:
+        return "–"
+    wrong = sum(o.false_end for o in broken)
+    return f"{wrong}/{len(broken)} ({100 * wrong / len(broken):.1f} %)"
+
+
+def offline_report(data: dict[str, Any], kinds: tuple[str, ...]) -> str:
     results: dict[str, list[Outcome]] = data["results"]
+    cost = percentiles([1000 * c for c in data["cost_per_call"]])
+    mean_cost = float(np.mean(data["cost_per_call"])) * 1000 if data["cost_per_call"] else float("nan")
+    voices = sorted({o.voice for outcomes in results.values() for o in outcomes}, key=lambda v: ("piper", "piper-noise", "en-us", "cmn").index(v))
     rows = []
     for name, outcomes in results.items():
-        for voice in ("piper", "en-us", "cmn", "all"):
+        for voice in (*voices, "all"):
             chosen = [o for o in outcomes if voice in ("all", o.voice)]
-            broken = [o for o in chosen if not o.complete]
-            done = [o for o in chosen if o.complete]
-            delays = [1000 * o.end_delay for o in done]
-            d = percentiles(delays)
-            calls = [o.calls for o in chosen]
+            delays = percentiles([1000 * o.end_delay for o in chosen if o.complete])
+            calls = float(np.mean([o.calls for o in chosen])) if chosen else float("nan")
             rows.append([
-                name, voice,
-                f"{sum(o.false_end for o in broken)}/{len(broken)}",
-                100 * sum(o.false_end for o in broken) / max(1, len(broken)),
-                d["p50"], d["p95"], d["max"],
-                float(np.mean(calls)) if calls else float("nan"),
+                name, voice, *(_false([o for o in chosen if o.kind == kind]) for kind in kinds), _false(chosen),
+                delays["p50"], delays["p95"], calls, calls * mean_cost,
             ])
-    cost = percentiles([1000 * c for c in data["cost_per_call"]])
-    head = ["policy", "voice", "false ends", "false %", "end p50 ms", "end p95 ms", "end max ms", "calls/utt"]
+    head = ["policy", "voice", *(f"false ends: {k}" for k in kinds), "false ends: all", "end p50 ms", "end p95 ms", "calls/utt", "CPU ms/utt"]
     return (
         table(head, rows)
         + f"\n\nSmart Turn per call (features + inference, 1 thread, CPU ms): p50 {cost['p50']:.0f}, p95 {cost['p95']:.0f}, max {cost['max']:.0f} ({int(cost['n'])} calls)"
-        + "\n('end' = silence from the end of a complete question's speech to the end of its turn, audio time)"
+        + "\n('end' = silence from the end of a complete question's speech to the end of its turn, audio time; CPU = calls x mean cost)"
     )
+
+
+def margin_report(data: dict[str, Any]) -> str:
+    """How sure the detector is at the first pause: complete questions against broken-off ones."""
+    outcomes = next(iter(o for name, o in data["results"].items() if name != "vad window"))
+    rows = []
+    voices = sorted({o.voice for o in outcomes}, key=lambda v: ("piper", "piper-noise", "en-us", "cmn").index(v))
+    for voice in voices:
+        for complete in (True, False):
+            chosen = [o.first_probability for o in outcomes if o.voice == voice and o.complete == complete and not np.isnan(o.first_probability)]
+            if not chosen:
+                continue
+            q = np.percentile(chosen, [5, 25, 50, 75, 95])
+            at = [f"{sum(p >= t for p in chosen)}/{len(chosen)}" for t in (0.5, 0.8, 0.9, 0.93, 0.95)]
+            rows.append([voice, "complete" if complete else "broken off", *(f"{v:.2f}" for v in q), *at])
+    head = ["voice", "utterances", "p5", "p25", "p50", "p75", "p95", ">= 0.5", ">= 0.8", ">= 0.9", ">= 0.93", ">= 0.95"]
+    return "Detector's answer at the first pause (probability of finished):\n" + table(head, rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,29 +295,51 @@ def plot(measured: dict[str, dict[str, Any]], name: str) -> str:
     return save_figure(fig, name)
 
 
+def policy(spec: str) -> tuple[str, TurnTiming]:
+    """``--try``: ``[label=]SCHEDULE[@recheck_ms]``, SCHEDULE one probability (``0.8``) or
+    ``ms:probability`` points (``200:0.93,1000:0.5``); the other settings are the defaults'."""
+    label, _, rest = spec.rpartition("=")
+    schedule_text, _, recheck = rest.partition("@")
+    if ":" in schedule_text:
+        schedule = tuple((float(ms) / 1000, float(p)) for ms, p in (point.split(":") for point in schedule_text.split(",")))
+    else:
+        schedule = ((0.0, float(schedule_text)),)
+    default = TurnTiming.from_config(TurnPolicyConfig())
+    timing = dataclasses.replace(default, schedule=schedule, recheck=float(recheck or 0) / 1000)
+    return label or spec, timing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", action="store_true", help="also run the server latency comparison")
     parser.add_argument("--no-offline", action="store_true", help="skip the offline false-end and cost run")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the complete questions per server")
     parser.add_argument("--questions", type=int, default=0, help="use only the first N complete questions (0: all English ones)")
-    parser.add_argument("--thresholds", default="", help="also try these thresholds (comma-separated), offline")
+    parser.add_argument("--try", dest="tries", action="append", default=[], metavar="[LABEL=]SCHEDULE[@RECHECK_MS]",
+                        help='also try this policy offline: "0.8" (one threshold) or "200:0.93,1000:0.5" (a schedule); repeatable')
     parser.add_argument("--pauses", default="0.4,0.6,0.9", help="mid-sentence pause lengths, seconds")
+    parser.add_argument("--kinds", default=",".join(turn_clips.KINDS), help="kinds of broken-off clips (comma, word, hesitation)")
+    parser.add_argument("--piper-takes", default="0", help="Piper takes: 0 = without noise (deterministic), 1, 2, … sampled with the voice's noise")
+    parser.add_argument("--voices", default="piper,en-us,cmn", help="voices")
     args = parser.parse_args()
     if not MODEL.is_file():
         raise SystemExit(f"{MODEL} is missing: run xiaozhi-trio models install smart-turn-v3.2")
     pauses = tuple(float(p) for p in args.pauses.split(","))
-    clips = utterances(pauses)
-    print(f"{machine()}; {len(clips)} utterances", flush=True)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    takes = tuple(int(t) for t in args.piper_takes.split(",") if t)
+    clips = utterances(pauses, kinds=kinds, piper_takes=takes, voices=args.voices.split(","))
+    print(f"{machine()}; {len(clips)} utterances ({sum(c.complete for c in clips)} complete)", flush=True)
     saved: dict[str, Any] = {}
     if not args.no_offline:
-        default = TurnTiming.from_config(TurnPolicyConfig())
-        timings = {"smart turn": default, "smart turn, ask once": dataclasses.replace(default, recheck=default.max_silence)}
-        for threshold in args.thresholds.split(","):
-            if threshold:
-                timings[f"smart turn, threshold {threshold}"] = dataclasses.replace(default, threshold=float(threshold))
+        timings = {
+            "smart turn (default)": TurnTiming.from_config(TurnPolicyConfig()),
+            "threshold 0.8, recheck 400 ms (before)": TurnTiming.constant(0.8, recheck=0.4),
+            "threshold 0.5 (pipecat's)": TurnTiming.constant(0.5),
+        }
+        timings.update(policy(spec) for spec in args.tries)
         data = offline(clips, timings)
-        print(offline_report(data))
+        print(offline_report(data, kinds))
+        print(margin_report(data))
         saved["offline"] = {name: [dataclasses.asdict(o) for o in outs] for name, outs in data["results"].items()}
         saved["cost_per_call"] = data["cost_per_call"]
     if args.latency:
