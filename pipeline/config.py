@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 from .backends import BACKEND_KINDS, ConfigError
 from .store.context import DEFAULT_STORE
@@ -140,26 +140,25 @@ class TurnPolicyConfig:
     #: Ask again after this much more silence (the newest answer counts); 0: once per pause.
     recheck_ms: Annotated[float, Between(0, None)] = 0.0
     #: ``[[silence_ms, probability], …]``: the probability of "finished" that ends the turn from
-    #: each silence on (see docs/turn-taking.md); unset: the default below, or ``threshold`` at
-    #: every silence.
-    schedule: tuple[tuple[float, ...], ...] | None = None
-    #: One probability at every silence instead of a schedule.
+    #: each silence on (see docs/turn-taking.md). The default: very sure before 1 s of silence,
+    #: half sure from then on.
+    schedule: tuple[tuple[float, ...], ...] = ((200.0, 0.93), (1000.0, 0.5))
+    #: One probability at every silence, in place of the schedule.
     threshold: Annotated[float, Between(0, 1, exclusive_low=True)] | None = None
     #: Listen modes that use the detector; the others keep the VAD's own silence window
     #: (``manual`` ends with ``listen stop`` anyway).
     modes: tuple[Annotated[str, OneOf(*LISTEN_MODES)], ...] = ("auto", "realtime")
-
-    #: Very sure to end the turn before 1 s of silence, half sure from then on.
-    DEFAULT_SCHEDULE: ClassVar[tuple[tuple[float, float], ...]] = ((200.0, 0.93), (1000.0, 0.5))
 
     def __post_init__(self) -> None:
         require(
             self.pause_ms <= self.max_silence_ms,
             f"[turn] needs pause_ms <= max_silence_ms, not {self.pause_ms:g} and {self.max_silence_ms:g}",
         )
-        require(self.schedule is None or self.threshold is None, "[turn] has both schedule and threshold: keep one")
-        if self.schedule is None:
-            return
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "schedule")
+        require(
+            self.threshold is None or self.schedule == default,
+            "[turn] has both schedule and threshold: keep one (threshold is one probability at every silence)",
+        )
         require(len(self.schedule) > 0, "[turn] schedule needs at least one [silence_ms, probability] point")
         for i, point in enumerate(self.schedule):
             require(
@@ -173,12 +172,10 @@ class TurnPolicyConfig:
 
     @property
     def threshold_schedule(self) -> tuple[tuple[float, float], ...]:
-        """The schedule in effect: ``schedule``, else ``threshold`` at every silence, else the default."""
-        if self.schedule is not None:
-            return tuple((float(s), float(p)) for s, p in self.schedule)
+        """The schedule in effect: ``threshold`` at every silence if it is set, else ``schedule``."""
         if self.threshold is not None:
             return ((0.0, self.threshold),)
-        return self.DEFAULT_SCHEDULE
+        return tuple((float(s), float(p)) for s, p in self.schedule)
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,29 @@ def test_the_turn_table_splits_policy_keys_from_backend_options() -> None:
         ({"threshold": 1.5}, "threshold"),
         ({"modes": ["always"]}, r"\[turn\] modes\[0\] must be one of .auto., .manual., .realtime., not .always."),
         ({"recheck_ms": "soon"}, "recheck_ms must be float"),
+        ({"recheck_ms": -1}, "recheck_ms must be at least 0"),
+        ({"schedule": 0.9}, r"\[turn\] schedule must be a list of a list of float"),
+        ({"schedule": []}, "at least one"),
+        ({"schedule": [[200, 0.9, 1]]}, r"schedule\[0\] must be \[silence_ms, probability\]"),
+        ({"schedule": [[200, 1.2]]}, r"schedule\[0\] must be .*at most 1, not \[200.0, 1.2\]"),
+        ({"schedule": [[1000, 0.9], [200, 0.5]]}, r"schedule\[1\]: silences must grow"),
+        ({"schedule": [[200, 0.5], [1000, 0.9]]}, r"schedule\[1\]: the probability may only fall"),
+        ({"schedule": [[200, 0.9]], "threshold": 0.8}, "both schedule and threshold"),
     ],
 )
 def test_bad_policy_values_are_named(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"turn": table})
+
+
+def test_the_policy_takes_a_schedule_or_one_threshold() -> None:
+    from xiaozhi_trio.pipeline.stages.turn_policy import TurnTiming
+
+    default = TurnTiming.from_config(TurnPolicyConfig())
+    assert default == TurnTiming() and default.schedule == ((0.2, 0.93), (1.0, 0.5)) and default.recheck == 0
+    custom = parse_config({"turn": {"schedule": [[300, 0.95], [700, 0.8], [1200, 0.5]], "recheck_ms": 300}}).turn_policy
+    assert TurnTiming.from_config(custom).schedule == ((0.3, 0.95), (0.7, 0.8), (1.2, 0.5))
+    assert TurnTiming.from_config(parse_config({"turn": {"threshold": 0.8}}).turn_policy).schedule == ((0.0, 0.8),)
 
 
 @pytest.mark.parametrize(
