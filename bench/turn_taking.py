@@ -2,18 +2,22 @@
 who only paused mid-sentence — with the Smart Turn detector and the turn policy, against today's
 fixed VAD silence window.
 
-Utterances (``tests/contracts/turn_clips.py``): complete questions and sentences broken off by a
-400, 600 or 900 ms pause, in English (the project's Piper voice and espeak-ng) and Mandarin
-(espeak-ng).
+Utterances (``plugins/testing/turn_clips.py``): complete questions and sentences broken off by a
+400, 600 or 900 ms pause in three ways (``--kinds``: after a comma, between two words of a
+sentence said in one go, after a filler), in English (the project's Piper voice and espeak-ng) and
+Mandarin (espeak-ng). Piper's take 0 has no noise and is the same every run; ``--piper-takes
+0,1,2,3`` adds takes sampled with the voice's noise (reported as ``piper-noise``).
 
 **Offline** (no server, audio time): the real Silero VAD and the listen stage's sans-IO core
 (``UtteranceDetector`` with the ``TurnPolicy``) over each utterance in 60 ms uplink chunks, with
-the real Smart Turn model answering each question at once. Reports, per voice and overall:
+the real Smart Turn model answering each question at once. Policies: the default, the plain VAD
+window (``[vad] min_silence_ms`` = 500 ms), one threshold of 0.8 asked every 400 ms (the previous
+default), 0.5 (pipecat's), and any given with ``--try``. Reports, per policy, voice and kind:
 
-* incomplete utterances wrongly ended at their pause (the turn ended before the user spoke on),
-  with the policy and with the plain VAD window (``[vad] min_silence_ms`` = 500 ms);
+* incomplete utterances wrongly ended at their pause (the turn ended before the user spoke on);
 * complete questions: silence from the end of speech to the end of the turn (audio time);
-* the detector's cost: CPU per call (features + inference, one thread), calls per utterance.
+* detector calls per utterance and their CPU (features + inference, one thread);
+* the detector's answer at the first pause, complete against broken-off utterances.
 
 **Latency** (``--latency``): a server process as ``serve`` builds it — Silero, Moonshine, Piper —
 with an instant scripted agent, once with ``[turn] backend = "off"`` (today) and once with Smart
@@ -23,8 +27,8 @@ and → first reply audio packet; and the server's CPU seconds per turn. Targets
 ``stt`` p50 ≤ 300 ms, p95 ≤ 450 ms; → first audio p50 ≤ 500 ms; false ends ≤ 5 %.
 
 Needs espeak-ng and the model (``xiaozhi-trio models install smart-turn-v3.2``). Run from the
-repository root: ``python -m bench.turn_taking [--latency] [--rounds 2]``. Timing runs belong on
-a quiet machine (``flock /tmp/bench.lock …``).
+repository root: ``python -m bench.turn_taking [--latency] [--rounds 2] [--kinds word]
+[--piper-takes 0,1,2,3] [--try "200:0.9,1000:0.5"]``. Timing runs belong on a quiet machine.
 """
 
 from __future__ import annotations
