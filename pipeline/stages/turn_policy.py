@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..config import TurnPolicyConfig
 
-#: (silence in seconds, probability of "finished" that ends the turn at that silence), in order.
+#: (silence in seconds, probability of "finished" that ends the turn from that silence on), in order.
 Schedule = tuple[tuple[float, float], ...]
 
 
