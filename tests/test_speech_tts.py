@@ -8,6 +8,7 @@ checked against a measured word error rate.
 from __future__ import annotations
 
 import base64
+import copy
 import math
 import re
 import threading
@@ -34,7 +35,10 @@ from xiaozhi_trio.plugins.speech.tts import (
     read_token_symbols,
     split_long,
     tts_config,
+    warm_up_codepoints,
 )
+from xiaozhi_trio.plugins.speech.tts import LONG_SENTENCE as LONG
+from xiaozhi_trio.plugins.speech.tts import MAX_PART, MIN_PART, WARM_UP_SLOWER, warm_up
 
 from .contracts.models import moonshine_asr, moonshine_recognizer
 from .contracts.tts_contract import TtsContract, speak
@@ -137,10 +141,52 @@ def test_an_asr_model_is_not_a_voice(models_dir: Path) -> None:
 def test_split_long_keeps_every_phoneme_in_order(phonemes: list[str]) -> None:
     parts = split_long(phonemes)
     assert [p for part in parts for p in part] == phonemes
-    if len(phonemes) <= 120:
+    if len(phonemes) <= LONG:
         assert parts == [phonemes]
     else:
-        assert all(len(part) >= 40 for part in parts[:-1] or parts)
+        assert all(MIN_PART <= len(part) <= MAX_PART for part in parts)
+
+
+@given(st.lists(st.sampled_from(list("abcdefg ")), min_size=MAX_PART + 1, max_size=600))
+def test_split_long_cuts_a_long_part_without_clause_marks_between_words(phonemes: list[str]) -> None:
+    parts = split_long(phonemes)
+    assert [p for part in parts for p in part] == phonemes
+    assert all(MIN_PART <= len(part) <= MAX_PART for part in parts)
+    for part in parts[:-1]:  # cut after a word break, unless none lies where both sides keep MIN_PART
+        assert part[-1] == " " or " " not in part[MIN_PART - 1 :]
+
+
+def test_split_long_cuts_into_near_equal_pieces() -> None:
+    words = list(("abcd " * 60).rstrip())  # 299 phonemes, a word break every 5
+    sizes = [len(part) for part in split_long(words)]
+    assert sum(sizes) == 299 and max(sizes) <= MAX_PART and max(sizes) - min(sizes) <= 10
+    assert split_long(list("x" * 130)) == [list("x" * 90), list("x" * 40)]  # no break: as late as allowed
+
+
+def test_a_number_spelled_out_is_cut_to_the_longest_part(joe: SherpaTts) -> None:
+    symbols = read_token_symbols(joe.files.files["tokens"])
+    parts = phoneme_sentences("It was up from 987,654 in 1999 and 456,789 in 1975.", "en-us", symbols)
+    assert len(parts) >= 2 and all(len(part) <= MAX_PART for part in parts)
+
+
+def test_the_warm_up_speaks_the_longest_part_slowly(joe: SherpaTts) -> None:
+    codepoints = warm_up_codepoints(joe)
+    assert len(codepoints) == MAX_PART
+    assert not any(chr(c) in ",;:" for c in codepoints)  # one part, not cut at a clause mark
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.configs: list[sherpa_onnx.GenerationConfig] = []
+
+        def generate(self, text: str, config: sherpa_onnx.GenerationConfig, callback: object) -> None:
+            self.configs.append(config)
+
+    voice = copy.copy(joe)
+    voice._tts = recorder = Recorder()  # type: ignore[assignment]
+    warm_up(voice)
+    [config] = recorder.configs
+    assert [list(p) for p in config.phoneme_codepoints] == [codepoints]
+    assert config.speed == pytest.approx(joe._speed / WARM_UP_SLOWER) and WARM_UP_SLOWER > 1
 
 
 def test_phonemes_drop_sentences_with_nothing_to_say(joe: SherpaTts) -> None:

@@ -50,12 +50,23 @@ PHONEME_FAMILIES = ("piper",)
 #: A sentence longer than this many phonemes is cut at clause punctuation, so that its first
 #: part can be heard while the rest is synthesized (about 1.5 s of speech).
 LONG_SENTENCE = 120
-#: ...into parts of at least this many phonemes (a shorter part sounds clipped).
+#: ...into parts of at least this many phonemes (a shorter part sounds clipped)...
 MIN_PART = 40
+#: ...and never longer than this: a part without a clause mark is cut between words (a number
+#: spelled out can be 200 phonemes without one). The voice's working memory grows with the
+#: longest part it has made and is kept for good, so this bounds it (see ``warm_up``).
+MAX_PART = 120
 _CLAUSE_MARKS = frozenset(",;:")
+_WORD_BREAK = " "
 
-#: Spoken once at load (see ``load_tts``): about 100 characters, one clause.
-WARM_UP_TEXT = "The quick brown fox jumps over the lazy dog while the old farmer walks slowly home across the hills."
+#: Spoken at load (see ``warm_up``): more than ``MAX_PART`` phonemes without a clause mark.
+WARM_UP_TEXT = (
+    "The quick brown fox jumps over the lazy dog while the old farmer walks slowly home across the hills "
+    "and the tired children sing softly by the warm kitchen fire before they go to bed."
+)
+#: The warm-up speaks more slowly than the voice's speed by this factor, so its audio is longer
+#: than any part of ``MAX_PART`` phonemes comes out with the voice's random timing.
+WARM_UP_SLOWER = 1.3
 
 #: espeak-ng keeps global state: one phonemization at a time in the whole process.
 _espeak_lock = threading.Lock()
@@ -166,10 +177,14 @@ def read_token_symbols(path: Path) -> frozenset[str]:
 
 
 def split_long(
-    phonemes: list[str], *, long: int = LONG_SENTENCE, min_part: int = MIN_PART
+    phonemes: list[str], *, long: int = LONG_SENTENCE, min_part: int = MIN_PART, max_part: int = MAX_PART
 ) -> list[list[str]]:
     """Cut one sentence's phonemes after clause marks into parts, each at least ``min_part`` long
-    (the last part may be merged into the one before). Sentences up to ``long`` stay whole."""
+    (the last part may be merged into the one before), then cut any part longer than
+    ``max_part`` between words into parts of ``min_part`` to ``max_part``. Sentences up to
+    ``long`` stay whole."""
+    if not long <= max_part or not 2 * min_part <= max_part:
+        raise ValueError(f"need long <= max_part and 2 * min_part <= max_part, not {long}, {min_part}, {max_part}")
     if len(phonemes) <= long:
         return [phonemes]
     parts: list[list[str]] = []
@@ -184,7 +199,23 @@ def split_long(
             parts[-1].extend(current)
         else:
             parts.append(current)
-    return parts
+    return [piece for part in parts for piece in _capped(part, min_part, max_part)]
+
+
+def _capped(part: list[str], min_part: int, max_part: int) -> list[list[str]]:
+    """``part`` in pieces of at most ``max_part``, cut after a word break as near as there is to
+    equal pieces, each at least ``min_part`` long (``part`` is at least that long)."""
+    pieces = []
+    while len(part) > max_part:
+        ideal = math.ceil(len(part) / math.ceil(len(part) / max_part))
+        # Cut after position ``cut - 1``; both sides keep at least ``min_part``.
+        lowest, highest = min_part, min(max_part, len(part) - min_part)
+        breaks = [i + 1 for i in range(lowest - 1, highest) if part[i] == _WORD_BREAK]
+        cut = min(breaks, key=lambda c: abs(c - ideal)) if breaks else highest
+        pieces.append(part[:cut])
+        part = part[cut:]
+    pieces.append(part)
+    return pieces
 
 
 def _is_speech_symbol(symbol: str) -> bool:
@@ -321,12 +352,33 @@ def load_tts(files: ModelFiles, workers: CpuWorkers, options: TtsOptions) -> She
             f"[tts] speaker {options.speaker} does not exist: {files.name} has {tts.num_speakers} speaker(s)"
         )
     voice = SherpaTts(tts, files, workers, options)
-    if files.family in PHONEME_FAMILIES:
-        # Warm up on a sentence as long as the splitter's longest, with no comma to cut it: the
-        # voice's working memory grows with the longest piece it has made and is kept for good,
-        # so it is taken to its working size now and stays flat under load (docs/benchmarks.md).
-        voice.generate(WARM_UP_TEXT, lambda samples: True)
+    warm_up(voice)
     return voice
+
+
+def warm_up_codepoints(voice: SherpaTts) -> list[int]:
+    """What ``warm_up`` speaks: the first ``MAX_PART`` phonemes of ``WARM_UP_TEXT``."""
+    from piper_phonemize import phonemize_espeak
+
+    with _espeak_lock:
+        sentences = phonemize_espeak(WARM_UP_TEXT, voice._voice)
+    phonemes = [p for sentence in sentences for p in sentence if p in voice._symbols]
+    return [ord(p) for p in phonemes[:MAX_PART]]
+
+
+def warm_up(voice: SherpaTts) -> None:
+    """Speak once before serving. onnxruntime keeps a voice's working memory for good and grows
+    it with the longest part it has made (phonemes in, audio out), so a Piper voice speaks the
+    longest part it will ever be given (``MAX_PART`` phonemes), a little slower than its speed
+    (``WARM_UP_SLOWER``) so the audio is longer than any such part makes: memory is at its
+    working size from the start and stays flat under load (docs/benchmarks.md)."""
+    if voice.files.family not in PHONEME_FAMILIES:
+        return
+    config = sherpa_onnx.GenerationConfig()
+    config.sid = voice._speaker
+    config.speed = voice._speed / WARM_UP_SLOWER
+    config.phoneme_codepoints = [warm_up_codepoints(voice)]
+    voice._tts.generate(WARM_UP_TEXT, config, lambda samples, progress: 1)
 
 
 def create_tts(context: BackendContext, options: Mapping[str, Any]) -> SherpaTts:
