@@ -49,6 +49,7 @@ from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
 from .batching import Batcher
+from .malloc import fix_mmap_threshold
 from .models import ModelFiles, ModelInvalid
 from .models.catalog import get_entry
 from .models.locate import locate_model
@@ -328,6 +329,7 @@ def load_asr(files: ModelFiles, workers: CpuWorkers, options: AsrOptions) -> She
     up, so the first user does not wait for onnxruntime's first-run set-up."""
     recipe = recognizer_recipe(files, num_threads=options.num_threads, language=options.language)
     validate_model(files)
+    fix_mmap_threshold()  # before the first large blocks (see ``malloc``)
     asr = SherpaAsr(recipe.load(), files, workers, options)
     warm_up(asr)
     return asr

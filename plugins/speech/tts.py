@@ -38,6 +38,7 @@ from xiaozhi_trio.pipeline.messages import PcmChunk, Samples
 from xiaozhi_trio.pipeline.tables import Between, NonEmptyStr, parse_table
 from xiaozhi_trio.pipeline.workers import CpuWorkers
 
+from .malloc import fix_mmap_threshold
 from .models import ModelFiles, ModelInvalid
 from .models.locate import locate_model
 from .models.validate import validate_model
@@ -345,6 +346,7 @@ class SherpaTts:
 def load_tts(files: ModelFiles, workers: CpuWorkers, options: TtsOptions) -> SherpaTts:
     """Validate ``files`` in a subprocess, then load the voice into this process."""
     validate_model(files)
+    fix_mmap_threshold()  # before the first large blocks (see ``malloc``)
     config = tts_config(files, num_threads=options.num_threads, options=options)
     tts = sherpa_onnx.OfflineTts(config)
     if options.speaker >= max(1, tts.num_speakers):
