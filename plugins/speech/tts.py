@@ -14,8 +14,9 @@ onnx 2.0 has no espeak-ng of its own, and without phonemes it returns empty audi
 models (Matcha + vocoder, VITS/MeloTTS zh-en, Kokoro) take the text itself.
 
 Audio is handed on while it is made: sherpa-onnx calls back once per sentence (and this module
-cuts long sentences at commas), the callback passes each piece from the worker thread to the
-event loop, and a barge-in stops the synthesis at the next piece.
+cuts long sentences at commas, and any part longer than ``MAX_PART`` phonemes between words), the
+callback passes each piece from the worker thread to the event loop, and a barge-in stops the
+synthesis at the next piece.
 """
 
 from __future__ import annotations
