@@ -19,7 +19,8 @@ ended) and sampled every 50 ms throughout for the peak. Memory does not depend o
 others' work on the machine does not change these figures (only the durations printed).
 
 Run from the repository root: ``python -m bench.memory [--runs 4] [--rounds 4]``; ``--trim``
-calls ``malloc_trim(0)`` after each run, ``--json FILE`` saves the figures.
+calls ``malloc_trim(0)`` after each run, ``--warm-rounds N`` runs N rounds before the baseline is
+read, ``--decodes 0`` / ``--syntheses 0`` load one model only, ``--json FILE`` saves the figures.
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ async def main(args: argparse.Namespace) -> Figures:
         asr = await trio.to_thread.run_sync(load_asr, locate_model("moonshine-base-en", Path(models)), workers, AsrOptions())
         tts = await trio.to_thread.run_sync(load_tts, locate_model("piper-en-us-joe", Path(models)), workers, TtsOptions())
         figures.load_seconds = time.perf_counter() - started
+        for r in range(args.warm_rounds):  # rounds before the baseline is read (to see what they reach)
+            await one_round(asr, tts, 1000 + r, args, figures)
         if args.trim:
             malloc_trim()
         figures.loaded = rss() / MIB
@@ -233,6 +236,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--overlap", action="store_true", help="let calls on one model overlap (one_run_per_model off)")
     parser.add_argument("--whole", action="store_true", help="decode whole utterances, not the segments cut while speaking")
     parser.add_argument("--unsplit", action="store_true", help="give each reply to the voice whole, not sentence by sentence")
+    parser.add_argument("--warm-rounds", type=int, default=0, help="rounds of load before the baseline is read")
     parser.add_argument("--trim", action="store_true", help="malloc_trim(0) after the warm-ups and after each run")
     parser.add_argument("--json", type=Path, default=None, help="save the figures here")
     return parser.parse_args()
