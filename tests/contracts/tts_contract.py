@@ -68,10 +68,12 @@ class TtsContract:
     async def test_a_cancelled_synthesis_leaves_the_backend_ready(
         self, tts: SpeechSynthesizer, speakable: str
     ) -> None:
-        send, receive = trio.open_memory_channel[PcmChunk](math.inf)
+        # No buffer: after the first piece the backend waits to hand on the next, so it is still
+        # working (not finished) when the barge-in comes, however fast the machine is.
+        send, receive = trio.open_memory_channel[PcmChunk](0)
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(tts.synthesize, speakable * 4, send)
+                nursery.start_soon(tts.synthesize, " ".join([speakable] * 4), send)
                 await receive.receive()  # barge-in as soon as the first audio arrives
                 scope.cancel()
         assert scope.cancelled_caught
