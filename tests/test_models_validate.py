@@ -174,6 +174,15 @@ def test_the_shipped_vad_model_is_prepared_and_valid(models_dir: Path) -> None:
     validate_model(files)
 
 
+def test_an_onnx_file_that_is_not_silero_is_named_as_the_vad_would_load_it(joe: ModelFiles, tmp_path: Path) -> None:
+    folder = tmp_path / "not-silero"
+    folder.mkdir()
+    shutil.copyfile(joe.files["model"], folder / "silero_vad.onnx")  # valid ONNX, wrong network
+    files = ModelFiles("not-silero", "vad", "silero", "", folder, {"model": folder / "silero_vad.onnx"})
+    with pytest.raises(ModelInvalid, match="not a usable Silero v5 model"):
+        validate_model(files)
+
+
 # ------------------------------------------------------------------------------------------
 # ONNX metadata without a protobuf library
 # ------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from xiaozhi_trio.pipeline.messages import PcmChunk, Samples, SpeechEnded, Speec
 from xiaozhi_trio.pipeline.tables import Between, parse_table
 
 from .models import ModelFiles
-from .turn import ORT_ERRORS
 from .models.locate import locate_model
 from .models.validate import validate_model
+from .turn import ORT_ERRORS
 
 SAMPLE_RATE = 16000
 #: Silero v5 at 16 kHz: each step reads 512 new samples plus the previous 64 as context.

@@ -228,13 +228,17 @@ def _load_and_run(files: ModelFiles) -> None:
         except BackendUnavailable as e:
             raise ModelInvalid(str(e)) from None
     elif files.family == "silero":
-        config = sherpa_onnx.VadModelConfig(
-            silero_vad=sherpa_onnx.SileroVadModelConfig(model=f["model"]),
-            sample_rate=16000,
-        )
-        vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=5)
+        from pathlib import Path
+
+        from xiaozhi_trio.pipeline.backends import BackendUnavailable
+
+        from ..vad import SileroNetwork
+
         _step("run", "model", f["model"])
-        vad.accept_waveform(silence)
+        try:
+            SileroNetwork(Path(f["model"]))  # loads the file as the VAD does and runs it once on silence
+        except BackendUnavailable as e:
+            raise ModelInvalid(str(e)) from None
     else:
         from ..asr import recognizer_recipe
 
