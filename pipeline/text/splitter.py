@@ -110,7 +110,6 @@ class SentenceSplitter:
         self._buf = ""  # clean text not yet emitted
         self._pos = 0  # where the next search for a boundary starts in _buf
         self._waiting = False  # a boundary at _pos needs more text to be decided
-        self._first = True  # no sentence emitted yet in this reply
         self._emitted_units2 = 0  # how much text this reply's segments held so far (half-units)
         self._candidates = _FIRST_CANDIDATES  # clause marks are candidates while the reply is short
 
@@ -242,7 +241,6 @@ class SentenceSplitter:
         text = tidy_whitespace(raw)
         if _SPEAKABLE.search(text):
             items.append(Sentence(text))
-            self._first = False
             self._emitted_units2 += _units2(text)
             if self._emitted_units2 >= self._clause_units2:
                 self._candidates = _CANDIDATES
